@@ -1,0 +1,27 @@
+"""fastxent: fast, numerically stable cross-entropy on the CPU.
+
+Layers (one direction): ``_rowmath`` (row numerics, the only log-sum-exp) -> ``_xent``
+(Cython + OpenMP array kernels) -> ``_api`` (validation and dispatch) -> this package.
+``fastxent.reference`` holds the same functions in plain NumPy: the ground truth.
+"""
+from ._api import (
+    cross_entropy,
+    cross_entropy_with_grad,
+    log_softmax,
+    logsumexp,
+    softmax,
+)
+from ._config import config, show_config
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "config",
+    "cross_entropy",
+    "cross_entropy_with_grad",
+    "log_softmax",
+    "logsumexp",
+    "show_config",
+    "softmax",
+]

@@ -1,0 +1,115 @@
+# cython: language_level=3
+"""Layer 1 of fastxent: the row numerics every kernel family cimports.
+
+The SIMD inner loops (vectorised exp, the online max / sum-of-exp that is the code base's only
+log-sum-exp, the gradient write) are C in ``_rowmath.h`` so that gcc vectorises them
+predictably; this file gives them fused-type names and builds the per-row cross-entropy on top.
+Nothing here can fail, allocate or touch Python.
+"""
+from cython cimport floating
+from libc.math cimport log, NAN
+
+
+cdef extern from "_rowmath.h" nogil:
+    float fx_expf(float x)
+    double fx_exp(double x)
+    int fx_row_stats_f32(const float *x, Py_ssize_t n, float *m, double *s)
+    int fx_row_stats_f64(const double *x, Py_ssize_t n, double *m, double *s)
+    double fx_row_gap_f32(const float *x, Py_ssize_t n, float m, const double *w)
+    double fx_row_gap_f64(const double *x, Py_ssize_t n, double m, const double *w)
+    void fx_row_grad_f32(const float *x, float *g, Py_ssize_t n, float m, float a, float c, const double *w)
+    void fx_row_grad_f64(const double *x, double *g, Py_ssize_t n, double m, double a, double c, const double *w)
+    void fx_row_shift_f32(const float *x, float *y, Py_ssize_t n, float m, float ls)
+    void fx_row_shift_f64(const double *x, double *y, Py_ssize_t n, double m, double ls)
+    void fx_row_fill_f32(float *y, Py_ssize_t n, float v)
+    void fx_row_fill_f64(double *y, Py_ssize_t n, double v)
+    void fx_row_gather_f32(const float *x, Py_ssize_t stride, Py_ssize_t n, float *buf)
+    void fx_row_gather_f64(const double *x, Py_ssize_t stride, Py_ssize_t n, double *buf)
+    void fx_row_scatter_f32(const float *buf, Py_ssize_t n, float *y, Py_ssize_t stride)
+    void fx_row_scatter_f64(const double *buf, Py_ssize_t n, double *y, Py_ssize_t stride)
+    const char *fx_simd_level()
+
+
+# ---------------------------------------------------------------- fused-type names
+cdef inline int row_stats(const floating *x, Py_ssize_t n, floating *m, double *s) noexcept nogil:
+    """m = max(x), s = sum(exp(x - m)); returns 1 when the row's log-sum-exp is NaN
+    (a NaN or +inf element, or every element -inf)."""
+    if floating is float:
+        return fx_row_stats_f32(x, n, m, s)
+    else:
+        return fx_row_stats_f64(x, n, m, s)
+
+
+cdef inline double row_gap(const floating *x, Py_ssize_t n, floating m, const double *w) noexcept nogil:
+    """sum(w * (m - x)) in double (w NULL: unit weights)."""
+    if floating is float:
+        return fx_row_gap_f32(x, n, m, w)
+    else:
+        return fx_row_gap_f64(x, n, m, w)
+
+
+cdef inline void row_grad(const floating *x, floating *g, Py_ssize_t n, floating m, floating a,
+                          floating c, const double *w) noexcept nogil:
+    """g = a * exp(x - m) - c * w; g may alias x."""
+    if floating is float:
+        fx_row_grad_f32(x, g, n, m, a, c, w)
+    else:
+        fx_row_grad_f64(x, g, n, m, a, c, w)
+
+
+cdef inline void row_shift(const floating *x, floating *y, Py_ssize_t n, floating m, floating ls) noexcept nogil:
+    if floating is float:
+        fx_row_shift_f32(x, y, n, m, ls)
+    else:
+        fx_row_shift_f64(x, y, n, m, ls)
+
+
+cdef inline void row_fill(floating *y, Py_ssize_t n, floating v) noexcept nogil:
+    if floating is float:
+        fx_row_fill_f32(y, n, v)
+    else:
+        fx_row_fill_f64(y, n, v)
+
+
+cdef inline void row_gather(const floating *x, Py_ssize_t stride, Py_ssize_t n, floating *buf) noexcept nogil:
+    if floating is float:
+        fx_row_gather_f32(x, stride, n, buf)
+    else:
+        fx_row_gather_f64(x, stride, n, buf)
+
+
+cdef inline void row_scatter(const floating *buf, Py_ssize_t n, floating *y, Py_ssize_t stride) noexcept nogil:
+    if floating is float:
+        fx_row_scatter_f32(buf, n, y, stride)
+    else:
+        fx_row_scatter_f64(buf, n, y, stride)
+
+
+# ---------------------------------------------------------------- per-row cross-entropy
+cdef inline double row_xent(const floating *x, Py_ssize_t C, Py_ssize_t y, double wy,
+                            const double *w, double W, double eps, double gscale,
+                            floating *g) noexcept nogil:
+    """Loss of one (non-ignored) row with hard label ``y``; writes the gradient into ``g``
+    unless it is NULL (``g`` may alias ``x``: in-place gradient).
+
+        loss = (1-eps) * wy * (lse - x[y]) + eps/C * sum_c w[c] * (lse - x[c])
+        grad = gscale * ((1-eps)*wy + eps*W/C) * softmax(x) - gscale*eps/C * w
+               - gscale*(1-eps)*wy * onehot(y)
+
+    with lse - x[c] = (m - x[c]) + log(s): no cancellation between large numbers.
+    """
+    cdef floating m
+    cdef double s, logs, loss, a
+    if row_stats(x, C, &m, &s):
+        if g != NULL:
+            row_fill(g, C, <floating>NAN)
+        return NAN
+    logs = log(s)
+    loss = (1.0 - eps) * wy * ((<double>m - <double>x[y]) + logs)
+    if eps != 0.0:
+        loss = loss + (eps / C) * (W * logs + row_gap(x, C, m, w))
+    if g != NULL:
+        a = gscale * ((1.0 - eps) * wy + eps * W / C) / s
+        row_grad(x, g, C, m, <floating>a, <floating>(gscale * eps / C), w)
+        g[y] = g[y] - <floating>(gscale * (1.0 - eps) * wy)
+    return loss
