@@ -28,6 +28,16 @@ cdef extern from "_rowmath.h" nogil:
     void fx_row_scatter_f32(const float *buf, Py_ssize_t n, float *y, Py_ssize_t stride)
     void fx_row_scatter_f64(const double *buf, Py_ssize_t n, double *y, Py_ssize_t stride)
     const char *fx_simd_level()
+    enum: FX_SHORT_C
+    enum: FX_SHORT_R
+    void fx_short_stats_f32(const float *x, Py_ssize_t rs, Py_ssize_t R, Py_ssize_t C,
+                            const Py_ssize_t *y, float *m, float *ls, float *inv_s, float *xy)
+    void fx_short_stats_f64(const double *x, Py_ssize_t rs, Py_ssize_t R, Py_ssize_t C,
+                            const Py_ssize_t *y, double *m, double *ls, double *inv_s, double *xy)
+    void fx_short_grad_f32(const float *x, Py_ssize_t rs, float *g, Py_ssize_t gs, Py_ssize_t R,
+                           Py_ssize_t C, const float *m, const float *a, const float *cw, const double *w)
+    void fx_short_grad_f64(const double *x, Py_ssize_t rs, double *g, Py_ssize_t gs, Py_ssize_t R,
+                           Py_ssize_t C, const double *m, const double *a, const double *cw, const double *w)
 
 
 # ---------------------------------------------------------------- fused-type names
@@ -83,6 +93,27 @@ cdef inline void row_scatter(const floating *buf, Py_ssize_t n, floating *y, Py_
         fx_row_scatter_f32(buf, n, y, stride)
     else:
         fx_row_scatter_f64(buf, n, y, stride)
+
+
+cdef inline void short_stats(const floating *x, Py_ssize_t rs, Py_ssize_t R, Py_ssize_t C,
+                             const Py_ssize_t *y, floating *m, floating *ls, floating *inv_s,
+                             floating *xy) noexcept nogil:
+    """R short rows at once (vectorised across rows): m = max, ls = log(sum(exp(x - m)))
+    (NaN for a NaN row), inv_s = 1 / sum, xy = x[r, y[r]]."""
+    if floating is float:
+        fx_short_stats_f32(x, rs, R, C, y, m, ls, inv_s, xy)
+    else:
+        fx_short_stats_f64(x, rs, R, C, y, m, ls, inv_s, xy)
+
+
+cdef inline void short_grad(const floating *x, Py_ssize_t rs, floating *g, Py_ssize_t gs,
+                            Py_ssize_t R, Py_ssize_t C, const floating *m, const floating *a,
+                            const floating *cw, const double *w) noexcept nogil:
+    """g[r] = a[r] * exp(x[r] - m[r]) - cw[r] * w for R short rows."""
+    if floating is float:
+        fx_short_grad_f32(x, rs, g, gs, R, C, m, a, cw, w)
+    else:
+        fx_short_grad_f64(x, rs, g, gs, R, C, m, a, cw, w)
 
 
 # ---------------------------------------------------------------- per-row cross-entropy

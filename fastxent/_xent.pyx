@@ -24,7 +24,8 @@ from libc.stdlib cimport malloc, free
 from libc.math cimport log, NAN
 
 from fastxent._rowmath cimport (row_stats, row_gap, row_grad, row_shift, row_fill,
-                                row_gather, row_scatter, row_xent, fx_simd_level)
+                                row_gather, row_scatter, row_xent, short_stats, short_grad,
+                                fx_simd_level, FX_SHORT_C, FX_SHORT_R)
 
 cdef extern from *:
     """
@@ -77,6 +78,79 @@ cdef inline RowView _view2d(const char *base, Py_ssize_t rs_bytes, Py_ssize_t cs
 
 
 # ------------------------------------------------------------------ cross-entropy
+cdef void _xent_short(RowView xv, floating *gp, RowView gv,
+                      const label_t *tp, Py_ssize_t ts, Py_ssize_t C,
+                      Py_ssize_t lo, Py_ssize_t hi,
+                      const double *w, double W, Py_ssize_t ignore_index, double eps,
+                      double gscale, const double *row_scale,
+                      floating *loss_out, double *block_loss, double *block_wsum,
+                      Py_ssize_t *block_bad) noexcept nogil:
+    """Rows of at most FX_SHORT_C contiguous classes, FX_SHORT_R at a time, vectorised
+    across rows (same formulas as row_xent)."""
+    cdef Py_ssize_t yi[FX_SHORT_R]
+    cdef char valid[FX_SHORT_R]
+    cdef floating m[FX_SHORT_R]
+    cdef floating ls[FX_SHORT_R]
+    cdef floating inv_s[FX_SHORT_R]
+    cdef floating xy[FX_SHORT_R]
+    cdef floating a[FX_SHORT_R]
+    cdef floating cw[FX_SHORT_R]
+    cdef double wyv[FX_SHORT_R]
+    cdef double gsv[FX_SHORT_R]
+    cdef Py_ssize_t r0, r, R, y, i
+    cdef Py_ssize_t rs = xv.rs // sizeof(floating), grs = 0
+    cdef const floating *xb
+    cdef floating *gb
+    cdef double loss, wy, lsum = 0.0, wsum = 0.0, gs = gscale
+    cdef Py_ssize_t bad = -1
+    if gp != NULL:
+        grs = gv.rs // sizeof(floating)
+    r0 = lo
+    while r0 < hi:
+        R = min(<Py_ssize_t>FX_SHORT_R, hi - r0)
+        for r in range(R):
+            y = <Py_ssize_t>tp[(r0 + r) * ts]
+            valid[r] = 0 <= y < C
+            yi[r] = y if valid[r] else 0
+            if not valid[r] and y != ignore_index and bad < 0:
+                bad = r0 + r
+        xb = <const floating *>(xv.base + r0 * xv.rs)
+        short_stats(xb, rs, R, C, yi, m, ls, inv_s, xy)
+        for r in range(R):
+            i = r0 + r
+            if not valid[r]:
+                loss = 0.0 if yi[r] == 0 and <Py_ssize_t>tp[i * ts] == ignore_index else NAN
+                a[r] = 0
+                cw[r] = 0
+            else:
+                wy = w[yi[r]] if w != NULL else 1.0
+                wyv[r] = wy
+                wsum += wy
+                loss = (1.0 - eps) * wy * ((<double>m[r] - <double>xy[r]) + <double>ls[r])
+                if eps != 0.0:
+                    loss = loss + (eps / C) * (W * <double>ls[r] + row_gap(xb + r * rs, C, m[r], w))
+                if row_scale != NULL:
+                    gs = gscale * row_scale[i]
+                gsv[r] = gs
+                a[r] = <floating>(gs * ((1.0 - eps) * wy + eps * W / C) * <double>inv_s[r])
+                cw[r] = <floating>(gs * eps / C)
+            if loss_out != NULL:
+                loss_out[i] = <floating>loss
+            lsum += loss
+        if gp != NULL:
+            gb = <floating *>(gv.base + r0 * gv.rs)
+            short_grad(xb, rs, gb, grs, R, C, m, a, cw, w)
+            for r in range(R):
+                if valid[r]:
+                    gb[r * grs + yi[r]] -= <floating>(gsv[r] * (1.0 - eps) * wyv[r])
+                else:
+                    row_fill(gb + r * grs, C, 0)
+        r0 += R
+    block_loss[0] = lsum
+    block_wsum[0] = wsum
+    block_bad[0] = bad
+
+
 cdef void _xent_block(RowView xv, floating *gp, RowView gv,
                       const label_t *tp, Py_ssize_t ts, Py_ssize_t C,
                       Py_ssize_t lo, Py_ssize_t hi,
@@ -91,6 +165,10 @@ cdef void _xent_block(RowView xv, floating *gp, RowView gv,
     cdef double loss, wy, lsum = 0.0, wsum = 0.0, gs = gscale
     cdef Py_ssize_t bad = -1
     cdef bint gather = xv.cs != 1 or (gp != NULL and gv.cs != 1)
+    if C <= FX_SHORT_C and not gather:
+        _xent_short(xv, gp, gv, tp, ts, C, lo, hi, w, W, ignore_index, eps, gscale, row_scale,
+                    loss_out, block_loss, block_wsum, block_bad)
+        return
     if gather:
         buf = <floating *>malloc(C * sizeof(floating))
     for i in range(lo, hi):
