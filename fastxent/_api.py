@@ -45,6 +45,11 @@ def _num_threads(num_threads):
 
 def _float_array(x, name):
     a = x if type(x) is np.ndarray else np.asarray(x)
+    dt = a.dtype
+    if (dt is _F32 or dt is _F64) and a.flags.aligned:
+        return a  # the common case, checked cheaply; strides of aligned arrays are whole items
+    if dt.kind == "f" and dt.itemsize in (4, 8) and not dt.isnative:
+        a = a.astype(dt.newbyteorder("="))
     if a.dtype not in _FLOATS:
         raise TypeError(
             f"{name}: expected a float32 or float64 array, got dtype {a.dtype}"
@@ -98,7 +103,7 @@ def _labels(target, N, C, ignore_index):
         raise TypeError(f"target: expected an integer array of class labels, got dtype {t.dtype}")
     if t.shape != (N,):
         raise ValueError(f"target: expected shape ({N},) to match logits' {N} rows, got {t.shape}")
-    if t.dtype != _I64 and t.dtype != _I32:
+    if t.dtype is not _I64 and t.dtype is not _I32:
         if t.dtype == np.uint64 and N and t.max() > np.iinfo(np.int64).max:
             row = int(np.argmax(t > np.iinfo(np.int64).max))
             _bad_label(t, row, C, ignore_index)
@@ -196,14 +201,19 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
                    with_grad, grad_output=1.0, out=None, inplace=False):
     x = _logits_2d(logits)
     N, C = x.shape
-    ignore_index = _ignore_index(ignore_index)
+    if type(ignore_index) is not int:
+        ignore_index = _ignore_index(ignore_index)
     t = _labels(target, N, C, ignore_index)
     w, W = _weight(weight, C)
-    reduction = _reduction(reduction)
-    eps = _label_smoothing(label_smoothing)
-    n_threads = _num_threads(num_threads)
-    rpb = _rows_per_block(C)
-    nb = max(1, -(-N // rpb))
+    if reduction not in _REDUCTIONS:
+        _reduction(reduction)
+    eps = label_smoothing
+    if type(eps) is not float or not 0.0 <= eps <= 1.0:
+        eps = _label_smoothing(label_smoothing)
+    n_threads = _xent.max_threads() if num_threads is None else _num_threads(num_threads)
+    rpb = _BLOCK_ELEMS // C or 1
+    if N <= rpb:
+        n_threads = 1
 
     grad = None
     gscale, row_scale = 1.0, None
@@ -212,32 +222,22 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
         grad = _grad_buffer(x, logits, out, inplace, [(target, "target"), (weight, "weight")])
         # Labels are checked before the gradient is written, so a bad label never leaves
         # out= or the logits half overwritten; the mean needs sum(w[y]) up front.
-        bad = _xent.check_labels(t, C, ignore_index)
+        bad, wsum = _xent.label_stats(t, C, ignore_index, w)
         if bad >= 0:
             _bad_label(t, bad, C, ignore_index)
         if reduction == "mean":
-            valid = t[t != ignore_index] if N else t
-            wsum = float(len(valid)) if w is None else math.fsum(w[valid].tolist())
             gscale = _div(gscale, wsum)
 
-    block_loss = np.empty(nb)
-    block_wsum = np.empty(nb)
-    block_bad = np.empty(nb, dtype=np.intp)
     loss_rows = np.empty(N, dtype=x.dtype) if reduction == "none" else None
-    _xent.xent(x, t, w, W, ignore_index, eps, gscale, row_scale, loss_rows, grad,
-               block_loss, block_wsum, block_bad, rpb, min(n_threads, nb))
-    if N and not with_grad:
-        bad = block_bad[block_bad >= 0]
-        if bad.size:
-            _bad_label(t, int(bad[0]), C, ignore_index)
-
+    total, wsum, bad = _xent.xent(x, t, w, W, ignore_index, eps, gscale, row_scale, loss_rows,
+                                  grad, rpb, n_threads)
+    if bad >= 0:
+        _bad_label(t, bad, C, ignore_index)
     if reduction == "none":
         loss = loss_rows
+    elif reduction == "mean":
+        loss = x.dtype.type(_div(total, wsum) if N else math.nan)
     else:
-        total = block_loss[0] if nb == 1 else math.fsum(block_loss.tolist())
-        if reduction == "mean":
-            wsum = block_wsum[0] if nb == 1 else math.fsum(block_wsum.tolist())
-            total = _div(total, wsum) if N else math.nan
         loss = x.dtype.type(total)
     return (loss, grad) if with_grad else loss
 
@@ -300,8 +300,7 @@ def logsumexp(x, axis=-1, *, num_threads=None):
     rows, shape, axis = _rows_view(x, axis)
     n_threads = _num_threads(num_threads)
     out = np.empty(rows.shape[0], dtype=rows.dtype)
-    rpb = _rows_per_block(rows.shape[1])
-    _xent.lse_family(rows, 0, out, None, rpb, min(n_threads, max(1, -(-rows.shape[0] // rpb))))
+    _xent.lse_family(rows, 0, out, None, _rows_per_block(rows.shape[1]), n_threads)
     out = out.reshape(shape[:-1])
     return out[()] if out.ndim == 0 else out
 
@@ -310,8 +309,7 @@ def _softmax_like(x, axis, num_threads, mode):
     rows, shape, axis = _rows_view(x, axis)
     n_threads = _num_threads(num_threads)
     out = np.empty(rows.shape, dtype=rows.dtype)
-    rpb = _rows_per_block(rows.shape[1])
-    _xent.lse_family(rows, mode, None, out, rpb, min(n_threads, max(1, -(-rows.shape[0] // rpb))))
+    _xent.lse_family(rows, mode, None, out, _rows_per_block(rows.shape[1]), n_threads)
     out = out.reshape(shape)
     return out if axis == out.ndim - 1 else np.moveaxis(out, -1, axis)
 

@@ -158,8 +158,8 @@ static inline int NAME(const T *x, ptrdiff_t n, T *m_out, double *s_out)        
     *s_out = s;                                                                         \
     return m == NEG_INF;                                                                \
 }
-FX_DEFINE_ROW_STATS(fx_row_stats_f32, float, fx_expf, -INFINITY)
-FX_DEFINE_ROW_STATS(fx_row_stats_f64, double, fx_exp, -(double)INFINITY)
+FX_DEFINE_ROW_STATS(fx_seg_stats_f32, float, fx_expf, -INFINITY)
+FX_DEFINE_ROW_STATS(fx_seg_stats_f64, double, fx_exp, -(double)INFINITY)
 
 /* sum(m - x) in double: the label-smoothing term (every term >= 0, no cancellation).
  * With a weight vector: sum(w * (m - x)). */
@@ -176,8 +176,55 @@ static inline double NAME(const T *x, ptrdiff_t n, T m, const double *w)        
     }                                                                                   \
     return acc;                                                                         \
 }
-FX_DEFINE_ROW_GAP(fx_row_gap_f32, float)
-FX_DEFINE_ROW_GAP(fx_row_gap_f64, double)
+FX_DEFINE_ROW_GAP(fx_seg_gap_f32, float)
+FX_DEFINE_ROW_GAP(fx_seg_gap_f64, double)
+
+/*
+ * Long rows are cut into segments of FX_SEG elements whose (max, sum) pairs are merged in
+ * segment order.  This is the canonical definition for every row longer than FX_SEG, whether
+ * its segments run on one thread or on several (a few long rows split across threads), so a
+ * result never depends on the thread count.
+ */
+#define FX_SEG 65536
+#define FX_DEFINE_ROW_LONG(NAME, MERGE, GAP, SEG_STATS, SEG_GAP, T, NEG_INF)            \
+/* fold segment (mk, sk) into the running (m, s); a NaN sk poisons s */                 \
+static inline void MERGE(T *m, double *s, T mk, double sk)                               \
+{                                                                                       \
+    if (sk != sk) { *s = NAN; return; }                                                 \
+    if (mk == NEG_INF) return;                                                          \
+    if (mk > *m) {                                                                      \
+        if (*m != NEG_INF) *s *= exp((double)*m - (double)mk);                          \
+        *m = mk;                                                                        \
+        *s += sk;                                                                       \
+    } else {                                                                            \
+        *s += sk * exp((double)mk - (double)*m);                                        \
+    }                                                                                   \
+}                                                                                       \
+static inline int NAME(const T *x, ptrdiff_t n, T *m_out, double *s_out)                 \
+{                                                                                       \
+    if (n <= FX_SEG) return SEG_STATS(x, n, m_out, s_out);                              \
+    T m = NEG_INF, mk;                                                                  \
+    double s = 0.0, sk;                                                                 \
+    for (ptrdiff_t b = 0; b < n; b += FX_SEG) {                                         \
+        SEG_STATS(x + b, n - b < FX_SEG ? n - b : FX_SEG, &mk, &sk);                    \
+        MERGE(&m, &s, mk, sk);                                                          \
+        if (s != s) break;                                                              \
+    }                                                                                   \
+    *m_out = m;                                                                         \
+    *s_out = s;                                                                         \
+    return (s != s) || m == NEG_INF;                                                    \
+}                                                                                       \
+static inline double GAP(const T *x, ptrdiff_t n, T m, const double *w)                  \
+{                                                                                       \
+    double acc = 0.0;                                                                   \
+    for (ptrdiff_t b = 0; b < n; b += FX_SEG)                                           \
+        acc += SEG_GAP(x + b, n - b < FX_SEG ? n - b : FX_SEG, m, w ? w + b : NULL);    \
+    return acc;                                                                         \
+}
+FX_DEFINE_ROW_LONG(fx_row_stats_f32, fx_stats_merge_f32, fx_row_gap_f32, fx_seg_stats_f32,
+                   fx_seg_gap_f32, float, -INFINITY)
+FX_DEFINE_ROW_LONG(fx_row_stats_f64, fx_stats_merge_f64, fx_row_gap_f64, fx_seg_stats_f64,
+                   fx_seg_gap_f64, double, -(double)INFINITY)
 
 /* g = a * exp(x - m) - c * w   (w == NULL: g = a * exp(x - m) - c).  g may alias x. */
 #define FX_DEFINE_ROW_GRAD(NAME, T, EXP)                                                \
@@ -252,6 +299,8 @@ static inline float fx_logf(float s)
 
 static inline double fx_log(double s)
 {
+    /* as fx_logf, in the form log(f) = f1 - (h - t*(h + R)) with f1 = f - 1 (exact),
+     * h = f1^2/2, t = f1/(2 + f1), R = sum_k 2 t^(2k) / (2k+1): under 1 ulp */
     uint64_t b;
     memcpy(&b, &s, 8);
     int64_t e = (int64_t)((b >> 52) & 0x7ff) - 1023;
@@ -261,20 +310,22 @@ static inline double fx_log(double s)
     int64_t big = f > 1.4142135623730951;
     f = big ? f * 0.5 : f;
     e += big;
-    double z = (f - 1.0) / (f + 1.0), z2 = z * z;
-    double p = 1.0 / 21.0;
-    p = p * z2 + 1.0 / 19.0;
-    p = p * z2 + 1.0 / 17.0;
-    p = p * z2 + 1.0 / 15.0;
-    p = p * z2 + 1.0 / 13.0;
-    p = p * z2 + 1.0 / 11.0;
-    p = p * z2 + 1.0 / 9.0;
-    p = p * z2 + 1.0 / 7.0;
-    p = p * z2 + 1.0 / 5.0;
-    p = p * z2 + 1.0 / 3.0;
-    p = p * z2 + 1.0;
-    /* e*ln2 in two parts so that it stays exact to double precision */
-    return ((double)e * 0.693147180369123816490 + 2.0 * z * p) + (double)e * 1.90821492927058770002e-10;
+    double f1 = f - 1.0, h = 0.5 * f1 * f1;
+    double t = f1 / (2.0 + f1), z = t * t;
+    double R = 2.0 / 23.0;
+    R = R * z + 2.0 / 21.0;
+    R = R * z + 2.0 / 19.0;
+    R = R * z + 2.0 / 17.0;
+    R = R * z + 2.0 / 15.0;
+    R = R * z + 2.0 / 13.0;
+    R = R * z + 2.0 / 11.0;
+    R = R * z + 2.0 / 9.0;
+    R = R * z + 2.0 / 7.0;
+    R = R * z + 2.0 / 5.0;
+    R = R * z + 2.0 / 3.0;
+    R = R * z;
+    double de = (double)e;
+    return de * 0.693147180369123816490 + ((f1 - (h - t * (h + R))) + de * 1.90821492927058770002e-10);
 }
 
 /*

@@ -15,6 +15,13 @@ cdef extern from "_rowmath.h" nogil:
     double fx_exp(double x)
     int fx_row_stats_f32(const float *x, Py_ssize_t n, float *m, double *s)
     int fx_row_stats_f64(const double *x, Py_ssize_t n, double *m, double *s)
+    int fx_seg_stats_f32(const float *x, Py_ssize_t n, float *m, double *s)
+    int fx_seg_stats_f64(const double *x, Py_ssize_t n, double *m, double *s)
+    void fx_stats_merge_f32(float *m, double *s, float mk, double sk)
+    void fx_stats_merge_f64(double *m, double *s, double mk, double sk)
+    double fx_seg_gap_f32(const float *x, Py_ssize_t n, float m, const double *w)
+    double fx_seg_gap_f64(const double *x, Py_ssize_t n, double m, const double *w)
+    enum: FX_SEG
     double fx_row_gap_f32(const float *x, Py_ssize_t n, float m, const double *w)
     double fx_row_gap_f64(const double *x, Py_ssize_t n, double m, const double *w)
     void fx_row_grad_f32(const float *x, float *g, Py_ssize_t n, float m, float a, float c, const double *w)
@@ -116,31 +123,63 @@ cdef inline void short_grad(const floating *x, Py_ssize_t rs, floating *g, Py_ss
         fx_short_grad_f64(x, rs, g, gs, R, C, m, a, cw, w)
 
 
+cdef inline int seg_stats(const floating *x, Py_ssize_t n, floating *m, double *s) noexcept nogil:
+    """row_stats of one segment (n <= FX_SEG) of a long row."""
+    if floating is float:
+        return fx_seg_stats_f32(x, n, m, s)
+    else:
+        return fx_seg_stats_f64(x, n, m, s)
+
+
+cdef inline void stats_merge(floating *m, double *s, floating mk, double sk) noexcept nogil:
+    """Fold a segment's (max, sum) into the running pair, in segment order."""
+    if floating is float:
+        fx_stats_merge_f32(m, s, mk, sk)
+    else:
+        fx_stats_merge_f64(m, s, mk, sk)
+
+
+cdef inline double seg_gap(const floating *x, Py_ssize_t n, floating m, const double *w) noexcept nogil:
+    if floating is float:
+        return fx_seg_gap_f32(x, n, m, w)
+    else:
+        return fx_seg_gap_f64(x, n, m, w)
+
+
 # ---------------------------------------------------------------- per-row cross-entropy
+# For a non-ignored row with label y, weight wy = w[y], m = max, s = sum(exp(x - m)):
+#     loss = (1-eps) * wy * (lse - x[y]) + eps/C * sum_c w[c] * (lse - x[c])
+#     grad = a * exp(x - m) - cw * w - b * onehot(y)
+#       a  = gs * ((1-eps)*wy + eps*W/C) / s,   cw = gs*eps/C,   b = gs*(1-eps)*wy
+# with lse - x[c] = (m - x[c]) + log(s), so no large numbers cancel, and gap = sum w*(m - x).
+cdef inline double xent_loss(double m, double xy, double logs, double wy, double W,
+                             double eps, Py_ssize_t C, double gap) noexcept nogil:
+    cdef double loss = (1.0 - eps) * wy * ((m - xy) + logs)
+    if eps != 0.0:
+        loss = loss + (eps / C) * (W * logs + gap)
+    return loss
+
+
+cdef inline double xent_a(double gs, double wy, double W, double eps, Py_ssize_t C,
+                          double inv_s) noexcept nogil:
+    return gs * ((1.0 - eps) * wy + eps * W / C) * inv_s
+
+
 cdef inline double row_xent(const floating *x, Py_ssize_t C, Py_ssize_t y, double wy,
-                            const double *w, double W, double eps, double gscale,
+                            const double *w, double W, double eps, double gs,
                             floating *g) noexcept nogil:
-    """Loss of one (non-ignored) row with hard label ``y``; writes the gradient into ``g``
-    unless it is NULL (``g`` may alias ``x``: in-place gradient).
-
-        loss = (1-eps) * wy * (lse - x[y]) + eps/C * sum_c w[c] * (lse - x[c])
-        grad = gscale * ((1-eps)*wy + eps*W/C) * softmax(x) - gscale*eps/C * w
-               - gscale*(1-eps)*wy * onehot(y)
-
-    with lse - x[c] = (m - x[c]) + log(s): no cancellation between large numbers.
-    """
+    """Loss of one non-ignored row (formulas above); writes the gradient into ``g`` unless
+    it is NULL (``g`` may alias ``x``: in-place gradient).  A NaN row gives NaN everywhere."""
     cdef floating m
-    cdef double s, logs, loss, a
+    cdef double s, logs, loss
     if row_stats(x, C, &m, &s):
         if g != NULL:
             row_fill(g, C, <floating>NAN)
         return NAN
     logs = log(s)
-    loss = (1.0 - eps) * wy * ((<double>m - <double>x[y]) + logs)
-    if eps != 0.0:
-        loss = loss + (eps / C) * (W * logs + row_gap(x, C, m, w))
+    loss = xent_loss(m, x[y], logs, wy, W, eps, C, row_gap(x, C, m, w) if eps != 0.0 else 0.0)
     if g != NULL:
-        a = gscale * ((1.0 - eps) * wy + eps * W / C) / s
-        row_grad(x, g, C, m, <floating>a, <floating>(gscale * eps / C), w)
-        g[y] = g[y] - <floating>(gscale * (1.0 - eps) * wy)
+        row_grad(x, g, C, m, <floating>xent_a(gs, wy, W, eps, C, 1.0 / s),
+                 <floating>(gs * eps / C), w)
+        g[y] = g[y] - <floating>(gs * (1.0 - eps) * wy)
     return loss

@@ -6,26 +6,36 @@
     _api.py                     validation, dtype/layout/threads resolution, output   <- layer 3
     __init__.py                 the public names                                      <- layer 4
 
-Every kernel takes typed memoryviews (``const`` for inputs, so read-only and memory-mapped
-arrays work), the thread count as an explicit ``int`` and outputs suffixed ``_out``.  No
-validation happens here: the API layer guarantees shapes, dtypes and ranges.  Labels are
-checked once more here only because a bad label must never turn into an out-of-bounds read.
+The kernels take NumPy arrays that the API layer has already validated (dtype, shape,
+alignment, ranges) and read their data pointers and strides directly, so a call costs well
+under a microsecond before the work starts; inputs are never written (read-only and
+memory-mapped arrays work).  Outputs are suffixed ``_out``; the thread count is an ``int``.
 
-Work split: rows are grouped into fixed blocks of ``rows_per_block`` rows (chosen by the caller
-from C alone), blocks are spread over threads with ``prange(schedule="static")``.  Every block
-writes its partial sums into its own slot, and the slots are added in block order afterwards,
-so reductions are bit-identical for every thread count.  A single block runs without a
-parallel region at all (small inputs pay no OpenMP start-up cost).
+Work split, chosen from the shape:
+  * rows are grouped into fixed blocks of ``rows_per_block`` rows (set by the caller from C
+    alone) and blocks are spread over threads with ``prange(schedule="static")``;
+  * rows of at most FX_SHORT_C classes are computed FX_SHORT_R at a time, vectorised across
+    rows (short rows fill no vector);
+  * when there are fewer rows than threads and rows are longer than FX_SEG, each row is split
+    into FX_SEG segments spread over the threads.
+Every block (and segment) writes its partial results into its own slot and the slots are
+combined in order afterwards, so every result is bit-identical for any thread count.  A single
+block runs without a parallel region (small inputs pay no OpenMP start-up cost).
 """
 from cython cimport floating
 from cython.parallel cimport prange
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport malloc, free
-from libc.math cimport log, NAN
+from libc.math cimport log, fabs, NAN, INFINITY
+
+cimport numpy as cnp
 
 from fastxent._rowmath cimport (row_stats, row_gap, row_grad, row_shift, row_fill,
-                                row_gather, row_scatter, row_xent, short_stats, short_grad,
-                                fx_simd_level, FX_SHORT_C, FX_SHORT_R)
+                                row_gather, row_scatter, row_xent, xent_loss, xent_a,
+                                short_stats, short_grad, seg_stats, stats_merge, seg_gap,
+                                fx_simd_level, FX_SHORT_C, FX_SHORT_R, FX_SEG)
+
+cnp.import_array()
 
 cdef extern from *:
     """
@@ -61,30 +71,65 @@ def simd_level():
     return fx_simd_level().decode()
 
 
-# ------------------------------------------------------------------ row views
-cdef struct RowView:
+# ------------------------------------------------------------------ array views
+cdef struct View2:
     char *base          # element (0, 0)
     Py_ssize_t rs       # row stride, bytes
     Py_ssize_t cs       # class stride, elements (1: contiguous row)
 
 
-cdef inline RowView _view2d(const char *base, Py_ssize_t rs_bytes, Py_ssize_t cs_bytes,
-                            Py_ssize_t itemsize) noexcept nogil:
-    cdef RowView v
-    v.base = <char *>base
-    v.rs = rs_bytes
-    v.cs = cs_bytes // itemsize
+cdef inline View2 _view2(object a):
+    """Data pointer and strides of a validated 2-D array (or an empty view for None)."""
+    cdef View2 v
+    cdef cnp.ndarray arr
+    if a is None:
+        v.base = NULL
+        v.rs = 0
+        v.cs = 1
+        return v
+    arr = <cnp.ndarray>a
+    v.base = <char *>cnp.PyArray_DATA(arr)
+    v.rs = cnp.PyArray_STRIDE(arr, 0)
+    v.cs = cnp.PyArray_STRIDE(arr, 1) // cnp.PyArray_ITEMSIZE(arr)
     return v
 
 
+cdef inline char *_data(object a):
+    return NULL if a is None else <char *>cnp.PyArray_DATA(<cnp.ndarray>a)
+
+
+cdef inline Py_ssize_t _stride0(object a):
+    return cnp.PyArray_STRIDE(<cnp.ndarray>a, 0)
+
+
 # ------------------------------------------------------------------ cross-entropy
-cdef void _xent_short(RowView xv, floating *gp, RowView gv,
-                      const label_t *tp, Py_ssize_t ts, Py_ssize_t C,
-                      Py_ssize_t lo, Py_ssize_t hi,
-                      const double *w, double W, Py_ssize_t ignore_index, double eps,
-                      double gscale, const double *row_scale,
-                      floating *loss_out, double *block_loss, double *block_wsum,
-                      Py_ssize_t *block_bad) noexcept nogil:
+cdef struct XentArgs:
+    View2 x             # logits (N, C)
+    View2 g             # gradient out (N, C), base NULL: loss only; may be the logits
+    char *t             # labels
+    Py_ssize_t ts       # label stride, bytes
+    Py_ssize_t N, C
+    const double *w     # class weights (C,) or NULL
+    double W            # sum of the weights (C when w is NULL)
+    Py_ssize_t ignore_index
+    double eps          # label smoothing
+    double gscale       # gradient scale (grad_output, / sum of weights for "mean")
+    const double *row_scale   # per-row gradient scale (N,) or NULL
+    char *loss_out      # per-row losses (N,), contiguous, logits' dtype, or NULL
+
+
+cdef struct Part:
+    double loss         # sum of row losses
+    double wsum         # sum of w[y] over non-ignored rows
+    Py_ssize_t bad      # first row with a label outside [0, C) (not ignore_index), or -1
+
+
+cdef inline Py_ssize_t _label(const XentArgs *A, const label_t *tp, Py_ssize_t i) noexcept nogil:
+    return <Py_ssize_t>(<const label_t *>(A.t + i * A.ts))[0]
+
+
+cdef void _xent_short(const XentArgs *A, const label_t *tp, floating *lp, Py_ssize_t lo,
+                      Py_ssize_t hi, Part *part) noexcept nogil:
     """Rows of at most FX_SHORT_C contiguous classes, FX_SHORT_R at a time, vectorised
     across rows (same formulas as row_xent)."""
     cdef Py_ssize_t yi[FX_SHORT_R]
@@ -95,179 +140,290 @@ cdef void _xent_short(RowView xv, floating *gp, RowView gv,
     cdef floating xy[FX_SHORT_R]
     cdef floating a[FX_SHORT_R]
     cdef floating cw[FX_SHORT_R]
-    cdef double wyv[FX_SHORT_R]
-    cdef double gsv[FX_SHORT_R]
-    cdef Py_ssize_t r0, r, R, y, i
-    cdef Py_ssize_t rs = xv.rs // sizeof(floating), grs = 0
+    cdef floating b[FX_SHORT_R]
+    cdef Py_ssize_t r0, r, R, y, i, C = A.C
+    cdef Py_ssize_t rs = A.x.rs // sizeof(floating), grs = A.g.rs // sizeof(floating)
     cdef const floating *xb
     cdef floating *gb
-    cdef double loss, wy, lsum = 0.0, wsum = 0.0, gs = gscale
-    cdef Py_ssize_t bad = -1
-    if gp != NULL:
-        grs = gv.rs // sizeof(floating)
+    cdef double loss, wy, gs = A.gscale, eps = A.eps
     r0 = lo
     while r0 < hi:
         R = min(<Py_ssize_t>FX_SHORT_R, hi - r0)
         for r in range(R):
-            y = <Py_ssize_t>tp[(r0 + r) * ts]
-            valid[r] = 0 <= y < C
+            y = _label(A, tp, r0 + r)
+            valid[r] = 0 <= y < C and y != A.ignore_index
             yi[r] = y if valid[r] else 0
-            if not valid[r] and y != ignore_index and bad < 0:
-                bad = r0 + r
-        xb = <const floating *>(xv.base + r0 * xv.rs)
+            if not valid[r] and y != A.ignore_index and part.bad < 0:
+                part.bad = r0 + r
+        xb = <const floating *>(A.x.base + r0 * A.x.rs)
         short_stats(xb, rs, R, C, yi, m, ls, inv_s, xy)
         for r in range(R):
             i = r0 + r
-            if not valid[r]:
-                loss = 0.0 if yi[r] == 0 and <Py_ssize_t>tp[i * ts] == ignore_index else NAN
+            if valid[r]:
+                wy = A.w[yi[r]] if A.w != NULL else 1.0
+                part.wsum += wy
+                loss = xent_loss(m[r], xy[r], ls[r], wy, A.W, eps, C,
+                                 row_gap(xb + r * rs, C, m[r], A.w) if eps != 0.0 else 0.0)
+                if A.row_scale != NULL:
+                    gs = A.gscale * A.row_scale[i]
+                a[r] = <floating>xent_a(gs, wy, A.W, eps, C, inv_s[r])
+                cw[r] = <floating>(gs * eps / C)
+                b[r] = <floating>(gs * (1.0 - eps) * wy)
+            else:
+                loss = 0.0 if _label(A, tp, i) == A.ignore_index else NAN
                 a[r] = 0
                 cw[r] = 0
-            else:
-                wy = w[yi[r]] if w != NULL else 1.0
-                wyv[r] = wy
-                wsum += wy
-                loss = (1.0 - eps) * wy * ((<double>m[r] - <double>xy[r]) + <double>ls[r])
-                if eps != 0.0:
-                    loss = loss + (eps / C) * (W * <double>ls[r] + row_gap(xb + r * rs, C, m[r], w))
-                if row_scale != NULL:
-                    gs = gscale * row_scale[i]
-                gsv[r] = gs
-                a[r] = <floating>(gs * ((1.0 - eps) * wy + eps * W / C) * <double>inv_s[r])
-                cw[r] = <floating>(gs * eps / C)
-            if loss_out != NULL:
-                loss_out[i] = <floating>loss
-            lsum += loss
-        if gp != NULL:
-            gb = <floating *>(gv.base + r0 * gv.rs)
-            short_grad(xb, rs, gb, grs, R, C, m, a, cw, w)
+            if lp != NULL:
+                lp[i] = <floating>loss
+            part.loss += loss
+        if A.g.base != NULL:
+            gb = <floating *>(A.g.base + r0 * A.g.rs)
+            short_grad(xb, rs, gb, grs, R, C, m, a, cw, A.w)
             for r in range(R):
                 if valid[r]:
-                    gb[r * grs + yi[r]] -= <floating>(gsv[r] * (1.0 - eps) * wyv[r])
+                    gb[r * grs + yi[r]] -= b[r]
                 else:
                     row_fill(gb + r * grs, C, 0)
         r0 += R
-    block_loss[0] = lsum
-    block_wsum[0] = wsum
-    block_bad[0] = bad
 
 
-cdef void _xent_block(RowView xv, floating *gp, RowView gv,
-                      const label_t *tp, Py_ssize_t ts, Py_ssize_t C,
-                      Py_ssize_t lo, Py_ssize_t hi,
-                      const double *w, double W, Py_ssize_t ignore_index, double eps,
-                      double gscale, const double *row_scale,
-                      floating *loss_out, double *block_loss, double *block_wsum,
-                      Py_ssize_t *block_bad) noexcept nogil:
-    cdef Py_ssize_t i, y
+cdef void _xent_rows(const XentArgs *A, const label_t *tp, floating *lp, Py_ssize_t lo,
+                     Py_ssize_t hi, Part *part) noexcept nogil:
+    """Rows lo..hi one at a time (strided rows are gathered into a row buffer)."""
+    cdef Py_ssize_t i, y, C = A.C
     cdef const floating *xr
     cdef floating *gr
     cdef floating *buf = NULL
-    cdef double loss, wy, lsum = 0.0, wsum = 0.0, gs = gscale
-    cdef Py_ssize_t bad = -1
-    cdef bint gather = xv.cs != 1 or (gp != NULL and gv.cs != 1)
+    cdef double loss, wy, gs = A.gscale
+    cdef bint has_grad = A.g.base != NULL
+    cdef bint gather = A.x.cs != 1 or (has_grad and A.g.cs != 1)
     if C <= FX_SHORT_C and not gather:
-        _xent_short(xv, gp, gv, tp, ts, C, lo, hi, w, W, ignore_index, eps, gscale, row_scale,
-                    loss_out, block_loss, block_wsum, block_bad)
+        _xent_short(A, tp, lp, lo, hi, part)
         return
     if gather:
         buf = <floating *>malloc(C * sizeof(floating))
     for i in range(lo, hi):
-        y = <Py_ssize_t>tp[i * ts]
-        xr = <const floating *>(xv.base + i * xv.rs)
-        gr = NULL
-        if gp != NULL:
-            gr = <floating *>(gv.base + i * gv.rs)
-        if y == ignore_index or y < 0 or y >= C:
-            if y != ignore_index and bad < 0:
-                bad = i
-            if gr != NULL:
-                if gv.cs == 1:
+        y = _label(A, tp, i)
+        xr = <const floating *>(A.x.base + i * A.x.rs)
+        gr = <floating *>(A.g.base + i * A.g.rs) if has_grad else NULL
+        if y == A.ignore_index or y < 0 or y >= C:
+            if y != A.ignore_index and part.bad < 0:
+                part.bad = i
+            if has_grad:
+                if A.g.cs == 1:
                     row_fill(gr, C, 0)
                 else:
                     row_fill(buf, C, 0)
-                    row_scatter(buf, C, gr, gv.cs)
-            loss = 0.0 if y == ignore_index else NAN
+                    row_scatter(buf, C, gr, A.g.cs)
+            loss = 0.0 if y == A.ignore_index else NAN
         else:
-            wy = w[y] if w != NULL else 1.0
-            wsum += wy
-            if row_scale != NULL:
-                gs = gscale * row_scale[i]
+            wy = A.w[y] if A.w != NULL else 1.0
+            part.wsum += wy
+            if A.row_scale != NULL:
+                gs = A.gscale * A.row_scale[i]
             if not gather:
-                loss = row_xent(xr, C, y, wy, w, W, eps, gs, gr)
+                loss = row_xent(xr, C, y, wy, A.w, A.W, A.eps, gs, gr)
             else:
-                row_gather(xr, xv.cs, C, buf)
-                loss = row_xent(<const floating *>buf, C, y, wy, w, W, eps, gs,
-                                buf if gr != NULL else <floating *>NULL)
-                if gr != NULL:
-                    row_scatter(buf, C, gr, gv.cs)
-        if loss_out != NULL:
-            loss_out[i] = <floating>loss
-        lsum += loss
-    block_loss[0] = lsum
-    block_wsum[0] = wsum
-    block_bad[0] = bad
+                row_gather(xr, A.x.cs, C, buf)
+                loss = row_xent(<const floating *>buf, C, y, wy, A.w, A.W, A.eps, gs,
+                                buf if has_grad else <floating *>NULL)
+                if has_grad:
+                    row_scatter(buf, C, gr, A.g.cs)
+        if lp != NULL:
+            lp[i] = <floating>loss
+        part.loss += loss
     if buf != NULL:
         free(buf)
 
 
-def xent(const floating[:, :] x, const label_t[:] target, const double[::1] weight,
-         double W, Py_ssize_t ignore_index, double eps, double gscale,
-         const double[::1] row_scale, floating[::1] loss_out, floating[:, :] grad_out,
-         double[::1] block_loss, double[::1] block_wsum, Py_ssize_t[::1] block_bad,
-         Py_ssize_t rows_per_block, int n_threads):
-    """Fused cross-entropy (+ gradient when ``grad_out`` is not None) over rows of ``x``.
+cdef void _xent_split_row(const XentArgs *A, const label_t *tp, floating *lp, Py_ssize_t i,
+                          Part *part, floating *ms, double *ss, double *gaps,
+                          int n_threads) noexcept nogil:
+    """One long contiguous row, its FX_SEG segments spread over the threads.  Same numbers
+    as row_xent: row_stats / row_gap merge the same segments in the same order."""
+    cdef Py_ssize_t C = A.C, nseg = (C + FX_SEG - 1) // FX_SEG, k, lo, n, y
+    cdef const floating *xr = <const floating *>(A.x.base + i * A.x.rs)
+    cdef floating *gr = <floating *>(A.g.base + i * A.g.rs) if A.g.base != NULL else NULL
+    cdef floating m = -INFINITY
+    cdef double s = 0.0, loss, wy, gs = A.gscale, gap = 0.0, a_, cw
+    y = _label(A, tp, i)
+    if y == A.ignore_index or y < 0 or y >= C:
+        if y != A.ignore_index:
+            part.bad = i
+        if gr != NULL:
+            for k in prange(nseg, schedule="static", num_threads=n_threads):
+                lo = k * FX_SEG
+                row_fill(gr + lo, min(C - lo, <Py_ssize_t>FX_SEG), 0)
+        loss = 0.0 if y == A.ignore_index else NAN
+    else:
+        wy = A.w[y] if A.w != NULL else 1.0
+        part.wsum += wy
+        if A.row_scale != NULL:
+            gs = A.gscale * A.row_scale[i]
+        for k in prange(nseg, schedule="static", num_threads=n_threads):
+            lo = k * FX_SEG
+            seg_stats(xr + lo, min(C - lo, <Py_ssize_t>FX_SEG), &ms[k], &ss[k])
+        for k in range(nseg):
+            stats_merge(&m, &s, ms[k], ss[k])
+        if s != s or m == -INFINITY:
+            loss = NAN
+            if gr != NULL:
+                for k in prange(nseg, schedule="static", num_threads=n_threads):
+                    lo = k * FX_SEG
+                    row_fill(gr + lo, min(C - lo, <Py_ssize_t>FX_SEG), <floating>NAN)
+        else:
+            if A.eps != 0.0:
+                for k in prange(nseg, schedule="static", num_threads=n_threads):
+                    lo = k * FX_SEG
+                    gaps[k] = seg_gap(xr + lo, min(C - lo, <Py_ssize_t>FX_SEG), m,
+                                      A.w + lo if A.w != NULL else NULL)
+                for k in range(nseg):
+                    gap += gaps[k]
+            loss = xent_loss(m, xr[y], log(s), wy, A.W, A.eps, C, gap)
+            if gr != NULL:
+                a_ = xent_a(gs, wy, A.W, A.eps, C, 1.0 / s)
+                cw = gs * A.eps / C
+                for k in prange(nseg, schedule="static", num_threads=n_threads):
+                    lo = k * FX_SEG
+                    row_grad(xr + lo, gr + lo, min(C - lo, <Py_ssize_t>FX_SEG), m, <floating>a_,
+                             <floating>cw, A.w + lo if A.w != NULL else NULL)
+                gr[y] = gr[y] - <floating>(gs * (1.0 - A.eps) * wy)
+    if lp != NULL:
+        lp[i] = <floating>loss
+    part.loss += loss
 
-    Per block b: block_loss[b] = sum of row losses, block_wsum[b] = sum of w[y] over the
-    non-ignored rows, block_bad[b] = first row with a label outside [0, C) (or -1).
-    ``loss_out`` (None or length N) receives per-row losses; ``row_scale`` (None or length N)
-    multiplies ``gscale`` per row.  ``grad_out`` may be ``x`` itself (in-place gradient).
-    """
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1]
-    cdef Py_ssize_t nb = block_loss.shape[0], b, lo, hi
-    if N == 0 or C == 0:
-        return
-    cdef RowView xv = _view2d(<const char *>&x[0, 0], x.strides[0], x.strides[1], sizeof(floating))
-    cdef RowView gv
-    cdef floating *gp = NULL
-    if grad_out is not None:
-        gv = _view2d(<const char *>&grad_out[0, 0], grad_out.strides[0], grad_out.strides[1],
-                     sizeof(floating))
-        gp = &grad_out[0, 0]
-    cdef const label_t *tp = &target[0]
-    cdef Py_ssize_t ts = target.strides[0] // sizeof(label_t)
-    cdef const double *wp = &weight[0] if weight is not None else NULL
-    cdef const double *rsp = &row_scale[0] if row_scale is not None else NULL
-    cdef floating *lp = &loss_out[0] if loss_out is not None else NULL
-    if n_threads <= 1 or nb == 1:
+
+cdef inline void _part_init(Part *p) noexcept nogil:
+    p.loss = 0.0
+    p.wsum = 0.0
+    p.bad = -1
+
+
+cdef tuple _xent_run(const XentArgs *A, const label_t *tp, floating *lp,
+                     Py_ssize_t rows_per_block, int n_threads):
+    cdef Py_ssize_t N = A.N, nb = (N + rows_per_block - 1) // rows_per_block, b, lo, hi, i, k
+    cdef Py_ssize_t nseg
+    cdef Part one
+    cdef Part *parts = &one
+    cdef floating *ms = NULL
+    cdef double *ss = NULL
+    cdef double *gaps = NULL
+    cdef double total = 0.0, comp = 0.0, wsum = 0.0, t, v
+    cdef Py_ssize_t bad = -1
+    _part_init(&one)
+    if N == 0:
+        return (0.0, 0.0, -1)
+    if n_threads > 1 and N < n_threads and A.C > FX_SEG and A.x.cs == 1 and \
+            (A.g.base == NULL or A.g.cs == 1):
+        nseg = (A.C + FX_SEG - 1) // FX_SEG
+        ms = <floating *>malloc(nseg * sizeof(floating))
+        ss = <double *>malloc(nseg * sizeof(double))
+        gaps = <double *>malloc(nseg * sizeof(double))
+        if ms == NULL or ss == NULL or gaps == NULL:
+            free(ms); free(ss); free(gaps)
+            raise MemoryError()
         with nogil:
+            for i in range(N):
+                _xent_split_row(A, tp, lp, i, &one, ms, ss, gaps, n_threads)
+        free(ms); free(ss); free(gaps)
+        return (one.loss, one.wsum, one.bad)
+    if nb > 1:
+        parts = <Part *>malloc(nb * sizeof(Part))
+        if parts == NULL:
+            raise MemoryError()
+    with nogil:
+        if n_threads <= 1 or nb == 1:
             for b in range(nb):
+                _part_init(&parts[b])
+                lo = b * rows_per_block
+                _xent_rows(A, tp, lp, lo, min(lo + rows_per_block, N), &parts[b])
+        else:
+            for b in prange(nb, schedule="static", num_threads=n_threads):
+                _part_init(&parts[b])
                 lo = b * rows_per_block
                 hi = min(lo + rows_per_block, N)
-                _xent_block(xv, gp, gv, tp, ts, C, lo, hi, wp, W, ignore_index, eps,
-                            gscale, rsp, lp, &block_loss[b], &block_wsum[b], &block_bad[b])
-    else:
-        for b in prange(nb, nogil=True, schedule="static", num_threads=n_threads):
-            lo = b * rows_per_block
-            hi = min(lo + rows_per_block, N)
-            _xent_block(xv, gp, gv, tp, ts, C, lo, hi, wp, W, ignore_index, eps,
-                        gscale, rsp, lp, &block_loss[b], &block_wsum[b], &block_bad[b])
+                _xent_rows(A, tp, lp, lo, hi, &parts[b])
+        # combine in block order; compensated (Neumaier) so that a mean over 1e7+ rows is
+        # accurate to the last bits of a double
+        for b in range(nb):
+            v = parts[b].loss
+            t = total + v
+            if fabs(total) >= fabs(v):
+                comp += (total - t) + v
+            else:
+                comp += (v - t) + total
+            total = t
+            wsum += parts[b].wsum
+            if bad < 0 and parts[b].bad >= 0:
+                bad = parts[b].bad
+    if parts != &one:
+        free(parts)
+    return (total + comp if comp == comp else total, wsum, bad)
 
 
-def check_labels(const label_t[:] target, Py_ssize_t C, Py_ssize_t ignore_index):
-    """Index of the first label outside [0, C) that is not ``ignore_index``, or -1."""
-    cdef Py_ssize_t i, N = target.shape[0], y, bad = -1
+def xent(x, target, weight, double W, Py_ssize_t ignore_index, double eps, double gscale,
+         row_scale, loss_out, grad_out, Py_ssize_t rows_per_block, int n_threads):
+    """Fused cross-entropy (+ gradient when ``grad_out`` is not None) over the rows of the
+    2-D float32/float64 array ``x``; ``target`` is int32 or int64; ``weight`` and
+    ``row_scale`` are None or contiguous float64; ``loss_out`` None or contiguous (N,) of
+    x's dtype; ``grad_out`` None, ``x`` itself (in place) or an (N, C) array of x's dtype.
+
+    Returns (sum of row losses, sum of w[y] over non-ignored rows, first bad row or -1).
+    """
+    cdef XentArgs A
+    cdef int xt = cnp.PyArray_TYPE(<cnp.ndarray>x), tt = cnp.PyArray_TYPE(<cnp.ndarray>target)
+    A.x = _view2(x)
+    A.g = _view2(grad_out)
+    A.t = _data(target)
+    A.ts = _stride0(target)
+    A.N = cnp.PyArray_DIM(<cnp.ndarray>x, 0)
+    A.C = cnp.PyArray_DIM(<cnp.ndarray>x, 1)
+    A.w = <const double *>_data(weight)
+    A.W = W
+    A.ignore_index = ignore_index
+    A.eps = eps
+    A.gscale = gscale
+    A.row_scale = <const double *>_data(row_scale)
+    A.loss_out = _data(loss_out)
+    if xt == cnp.NPY_FLOAT32:
+        if tt == cnp.NPY_INT64:
+            return _xent_run(&A, <const int64_t *>NULL, <float *>A.loss_out, rows_per_block, n_threads)
+        return _xent_run(&A, <const int32_t *>NULL, <float *>A.loss_out, rows_per_block, n_threads)
+    if tt == cnp.NPY_INT64:
+        return _xent_run(&A, <const int64_t *>NULL, <double *>A.loss_out, rows_per_block, n_threads)
+    return _xent_run(&A, <const int32_t *>NULL, <double *>A.loss_out, rows_per_block, n_threads)
+
+
+cdef tuple _label_stats(const label_t *tp, Py_ssize_t ts, Py_ssize_t N, Py_ssize_t C,
+                        Py_ssize_t ignore_index, const double *w):
+    cdef Py_ssize_t i, y, bad = -1
+    cdef double wsum = 0.0
     with nogil:
         for i in range(N):
-            y = <Py_ssize_t>target[i]
-            if (y < 0 or y >= C) and y != ignore_index:
+            y = <Py_ssize_t>(<const label_t *>(<const char *>tp + i * ts))[0]
+            if y == ignore_index:
+                continue
+            if y < 0 or y >= C:
                 bad = i
                 break
-    return bad
+            wsum += w[y] if w != NULL else 1.0
+    return bad, wsum
+
+
+def label_stats(target, Py_ssize_t C, Py_ssize_t ignore_index, weight):
+    """(first row whose label is outside [0, C) and not ``ignore_index`` or -1,
+    sum of w[y] over the non-ignored rows) -- the same order as the kernels' sum."""
+    cdef char *tp = _data(target)
+    cdef Py_ssize_t ts = _stride0(target), N = cnp.PyArray_DIM(<cnp.ndarray>target, 0)
+    cdef const double *w = <const double *>_data(weight)
+    if cnp.PyArray_TYPE(<cnp.ndarray>target) == cnp.NPY_INT64:
+        return _label_stats(<const int64_t *>tp, ts, N, C, ignore_index, w)
+    return _label_stats(<const int32_t *>tp, ts, N, C, ignore_index, w)
 
 
 # ------------------------------------------------------------------ log-sum-exp family
-cdef void _lse_block(RowView xv, Py_ssize_t C, Py_ssize_t lo, Py_ssize_t hi, int mode,
-                     floating *lse_out, RowView ov) noexcept nogil:
+cdef void _lse_block(View2 xv, View2 ov, Py_ssize_t C, Py_ssize_t lo, Py_ssize_t hi, int mode,
+                     floating *lse_out) noexcept nogil:
     """mode 0: lse_out[i] = logsumexp(row i); 1: log_softmax into ov; 2: softmax into ov."""
     cdef Py_ssize_t i
     cdef const floating *xr
@@ -302,30 +458,29 @@ cdef void _lse_block(RowView xv, Py_ssize_t C, Py_ssize_t lo, Py_ssize_t hi, int
         free(buf)
 
 
-def lse_family(const floating[:, :] x, int mode, floating[::1] lse_out, floating[:, :] out,
-               Py_ssize_t rows_per_block, int n_threads):
-    """mode 0: log-sum-exp of each row into ``lse_out``; 1: log_softmax into ``out``;
-    2: softmax into ``out``."""
-    cdef Py_ssize_t N = x.shape[0], C = x.shape[1], nb, b, lo, hi
-    if N == 0 or C == 0:
-        return
-    nb = (N + rows_per_block - 1) // rows_per_block
-    cdef RowView xv = _view2d(<const char *>&x[0, 0], x.strides[0], x.strides[1], sizeof(floating))
-    cdef RowView ov
-    cdef floating *lp = NULL
-    if mode == 0:
-        lp = &lse_out[0]
-        ov = xv
+cdef void _lse_run(View2 xv, View2 ov, Py_ssize_t N, Py_ssize_t C, int mode, floating *lp,
+                   Py_ssize_t rows_per_block, int n_threads) noexcept nogil:
+    cdef Py_ssize_t nb = (N + rows_per_block - 1) // rows_per_block, b, lo, hi
+    if n_threads <= 1 or nb <= 1:
+        _lse_block(xv, ov, C, 0, N, mode, lp)
     else:
-        ov = _view2d(<const char *>&out[0, 0], out.strides[0], out.strides[1], sizeof(floating))
-    if n_threads <= 1 or nb == 1:
-        with nogil:
-            for b in range(nb):
-                lo = b * rows_per_block
-                hi = min(lo + rows_per_block, N)
-                _lse_block(xv, C, lo, hi, mode, lp, ov)
-    else:
-        for b in prange(nb, nogil=True, schedule="static", num_threads=n_threads):
+        for b in prange(nb, schedule="static", num_threads=n_threads):
             lo = b * rows_per_block
             hi = min(lo + rows_per_block, N)
-            _lse_block(xv, C, lo, hi, mode, lp, ov)
+            _lse_block(xv, ov, C, lo, hi, mode, lp)
+
+
+def lse_family(x, int mode, lse_out, out, Py_ssize_t rows_per_block, int n_threads):
+    """mode 0: log-sum-exp of each row of the 2-D array ``x`` into the contiguous ``lse_out``;
+    1: log_softmax into ``out``; 2: softmax into ``out`` (same shape and dtype as x)."""
+    cdef View2 xv = _view2(x)
+    cdef View2 ov = _view2(out)
+    cdef Py_ssize_t N = cnp.PyArray_DIM(<cnp.ndarray>x, 0), C = cnp.PyArray_DIM(<cnp.ndarray>x, 1)
+    cdef char *lp = _data(lse_out)
+    if N == 0:
+        return
+    with nogil:
+        if cnp.PyArray_TYPE(<cnp.ndarray>x) == cnp.NPY_FLOAT32:
+            _lse_run(xv, ov, N, C, mode, <float *>lp, rows_per_block, n_threads)
+        else:
+            _lse_run(xv, ov, N, C, mode, <double *>lp, rows_per_block, n_threads)

@@ -1,0 +1,149 @@
+"""The ``fastxent`` command (also ``python -m fastxent``).
+
+    fastxent info                     build/runtime configuration (fastxent.show_config())
+    fastxent bench                    quick benchmark vs the NumPy reference and installed peers
+    fastxent bench --full             the whole grid (shapes x f32/f64 x loss, loss+grad x threads)
+    fastxent bench --json out.json --plot out.png --threads-scaling
+    fastxent bench --report out.json  re-print a saved run, or a pytest-benchmark JSON from bench/
+
+Errors are one line on stderr and exit code 2.  Each subcommand is one ``_add_<name>`` function
+that registers its parser and handler; a ``score`` subcommand slots in the same way.
+"""
+import argparse
+import os
+import sys
+
+PROG = "fastxent"
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line (plus a --help hint) instead of exiting."""
+
+    def error(self, message):
+        raise CliError(f"{message} (see '{self.prog} --help')")
+
+
+def _cmd_info(args):
+    import fastxent
+
+    if args.json:
+        import json
+        print(json.dumps(fastxent.config(), indent=1))
+    else:
+        fastxent.show_config()
+    return 0
+
+
+def _add_info(sub):
+    p = sub.add_parser("info", help="show version, OpenMP, threads, compiler flags and SIMD level",
+                       description="Show fastxent's build and runtime configuration.")
+    p.add_argument("--json", action="store_true", help="print fastxent.config() as JSON")
+    p.set_defaults(func=_cmd_info)
+
+
+def _check_writable(path, option):
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+        raise CliError(f"{option}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise CliError(f"{option}: directory {parent} is not writable")
+
+
+def _cmd_bench(args):
+    from fastxent import _bench
+
+    # Fail before minutes of benchmarking, not after.
+    if args.plot:
+        _check_writable(args.plot, "--plot")
+        _bench.require_matplotlib()
+    if args.json:
+        _check_writable(args.json, "--json")
+    if args.report:
+        if args.full or args.threads_scaling or args.impls or args.json:
+            raise CliError("--report: only --plot can be combined with it")
+        results = _bench.load_results(args.report)
+        _bench.print_report(results)
+    else:
+        results = _bench.run(full=args.full, impls=args.impls,
+                             threads_scaling=args.threads_scaling)
+        if args.json:
+            _bench.save_json(results, args.json)
+            print(f"results saved to {args.json}")
+    if args.plot:
+        _bench.plot(results, args.plot)
+        print(f"figure saved to {args.plot}")
+    return 0
+
+
+def _add_bench(sub):
+    from fastxent._bench import impl_names
+
+    p = sub.add_parser(
+        "bench", help="benchmark fastxent against the NumPy reference and installed peers",
+        description="Time cross-entropy loss and loss+grad for fastxent, the NumPy reference and "
+                    "each installed peer (torch, torch.compile, scipy, scikit-learn, jax) and "
+                    "report time, GB/s, % of the measured memory bandwidth and speedups. "
+                    "Quick mode (default) takes under a minute.")
+    p.add_argument("--full", action="store_true",
+                   help="the whole grid (all shapes, float32 and float64, torch.compile); minutes")
+    p.add_argument("--json", metavar="FILE", help="save the results (and machine info) as JSON")
+    p.add_argument("--plot", metavar="FILE", help="draw figures to FILE (PNG; needs matplotlib)")
+    p.add_argument("--threads-scaling", action="store_true",
+                   help="also time fastxent at 1..N threads on 4096x32768 (loss, loss+grad)")
+    p.add_argument("--impls", metavar="LIST",
+                   help="comma-separated implementations to run (default: all installed; "
+                        f"known: {', '.join(impl_names())})")
+    p.add_argument("--report", metavar="FILE",
+                   help="print the report of a saved --json file or of a pytest-benchmark JSON "
+                        "(pytest bench --benchmark-json=FILE) instead of running")
+    p.set_defaults(func=_cmd_bench)
+
+
+# To add a subcommand (e.g. ``score``): write ``_add_score(sub)`` and list it here.
+_SUBCOMMANDS = (_add_bench, _add_info)
+
+
+def build_parser():
+    parser = _Parser(prog=PROG, description="Fast cross-entropy kernels: tools.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for add in _SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv=None):
+    """Entry point of the ``fastxent`` command; returns the exit code."""
+    try:
+        from fastxent._bench import BenchError
+    except ImportError as exc:         # e.g. the compiled extension is missing
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help(sys.stderr)
+            return 2
+        return args.func(args)
+    except SystemExit as exc:          # --help
+        return exc.code if isinstance(exc.code, int) else 0
+    except (CliError, BenchError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except ImportError as exc:         # e.g. the compiled extension is missing
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:            # e.g. `fastxent bench | head`
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+    except OSError as exc:             # e.g. writing --json
+        print(f"{PROG}: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
