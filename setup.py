@@ -11,6 +11,7 @@ Compiler flags, chosen per compiler:
     part of the contract and are kept explicit in the code.
 The chosen flags are written into ``fastxent/_build_info.py`` for ``show_config()``.
 """
+import glob
 import os
 import shutil
 import subprocess
@@ -111,7 +112,9 @@ def _extensions():
         include_dirs=[np.get_include(), os.path.join(HERE, "fastxent")],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_9_API_VERSION")],
     )
-    exts = [Extension("fastxent._xent", ["fastxent/_xent.pyx"], **common)]
+    # one extension per kernel family: fastxent/_<family>.pyx
+    sources = sorted(glob.glob(os.path.join("fastxent", "_*.pyx")))
+    exts = [Extension("fastxent." + os.path.basename(src)[:-4], [src], **common) for src in sources]
     return cythonize(
         exts,
         compiler_directives={

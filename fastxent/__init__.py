@@ -12,6 +12,8 @@ from ._api import (
     softmax,
 )
 from ._config import config, show_config
+from ._probs_api import *  # noqa: F401,F403
+from ._probs_api import __all__ as _probs_all
 
 __version__ = "0.1.0"
 
@@ -24,4 +26,4 @@ __all__ = [
     "logsumexp",
     "show_config",
     "softmax",
-]
+] + list(_probs_all)

@@ -98,12 +98,14 @@ static inline double fx_exp(double x)
 }
 
 /*
- * Row statistics: m = max(x), s = sum(exp(x - m)) accumulated in double, one read of the row
+ * Row statistics: m = max(x) and t = sum(exp(x - m)) - 1 accumulated in double (the sum s
+ * minus the maximum's own 1, so log(s) = log1p(t) keeps tiny losses exact), one read of the row
  * from memory (blocks of FX_BLOCK elements: the block max is taken first, the block then
  * stays in L1 for the exp pass; when a block raises the running max the sum is rescaled once).
- * Returns 0 for a row whose log-sum-exp is finite; 1 for a row that must give NaN (a NaN, a
- * +inf, every element -inf, or n == 0).
- * log-sum-exp = m + log(s); softmax = exp(x - m) / s.
+ * Returns 0 for a row whose log-sum-exp is finite; 1 otherwise: a NaN in the row (t = NaN),
+ * a +inf and no NaN (m = t = +inf), every element -inf or n == 0 (m = -inf).
+ * Softmax and cross-entropy give NaN for all three; logsumexp gives NaN, +inf, -inf.
+ * log-sum-exp = m + log1p(t); softmax = exp(x - m) / (1 + t).
  * The reductions keep FX_LANES partial results (one vector) and combine them as a tree at
  * the end of a block, so a short row pays a few cycles, not a 16-step serial chain.
  */
@@ -112,14 +114,16 @@ static inline double fx_exp(double x)
 static inline int NAME(const T *x, ptrdiff_t n, T *m_out, double *s_out)                 \
 {                                                                                       \
     T m = NEG_INF;                                                                      \
-    double s = 0.0;                                                                     \
+    double t = 0.0;                                                                     \
     for (ptrdiff_t b = 0; b < n; b += FX_BLOCK) {                                       \
         const T *xb = x + b;                                                            \
         ptrdiff_t len = n - b < FX_BLOCK ? n - b : FX_BLOCK, i, j, w;                   \
         T mx[FX_LANES];                                                                 \
         int nn[FX_LANES];                                                               \
-        double acc[FX_LANES];                                                           \
-        for (j = 0; j < FX_LANES; j++) { mx[j] = NEG_INF; nn[j] = 0; acc[j] = 0.0; }    \
+        double acc[FX_LANES], cnt[FX_LANES];                                            \
+        for (j = 0; j < FX_LANES; j++) {                                                \
+            mx[j] = NEG_INF; nn[j] = 0; acc[j] = 0.0; cnt[j] = 0.0;                     \
+        }                                                                               \
         for (i = 0; i + FX_LANES <= len; i += FX_LANES) {                               \
             FX_SIMD                                                                     \
             for (j = 0; j < FX_LANES; j++) {                                            \
@@ -139,23 +143,45 @@ static inline int NAME(const T *x, ptrdiff_t n, T *m_out, double *s_out)        
                 nn[j] |= nn[j + w];                                                     \
             }                                                                           \
         T bm = mx[0];                                                                   \
-        if (nn[0] || bm == -NEG_INF) { *m_out = bm; *s_out = NAN; return 1; }            \
-        if (bm > m) {                                                                   \
-            if (b > 0) s *= exp((double)m - (double)bm);                                \
-            m = bm;                                                                     \
+        if (nn[0] || bm == -NEG_INF) {                                                  \
+            /* NaN: s = NaN.  +inf (and no NaN anywhere in the row): m = s = +inf */       \
+            int nan_row = nn[0];                                                        \
+            for (i = b + len; i < n && !nan_row; i++) nan_row = x[i] != x[i];           \
+            *m_out = nan_row ? (T)NAN : bm;                                             \
+            *s_out = nan_row ? NAN : (double)INFINITY;                                  \
+            return 1;                                                                   \
         }                                                                               \
-        if (m == NEG_INF) continue;                                                     \
+        T mn = bm > m ? bm : m;                                                         \
+        if (mn == NEG_INF) continue;                                                    \
+        /* the maximum's own exp(0) = 1 terms are counted apart (cnt), so that t holds    \
+         * the rest of the sum to full relative precision (tiny losses stay exact) */    \
         for (i = 0; i + FX_LANES <= len; i += FX_LANES) {                               \
             FX_SIMD                                                                     \
-            for (j = 0; j < FX_LANES; j++) acc[j] += (double)EXP(xb[i + j] - m);        \
+            for (j = 0; j < FX_LANES; j++) {                                            \
+                T d = xb[i + j] - mn;                                                   \
+                double e = (double)EXP(d);                                              \
+                acc[j] += d == 0 ? 0.0 : e;                                             \
+                cnt[j] += d == 0 ? 1.0 : 0.0;                                           \
+            }                                                                           \
         }                                                                               \
-        for (j = 0; i + j < len; j++) acc[j] += (double)EXP(xb[i + j] - m);             \
+        for (j = 0; i + j < len; j++) {                                                 \
+            T d = xb[i + j] - mn;                                                       \
+            double e = (double)EXP(d);                                                  \
+            acc[j] += d == 0 ? 0.0 : e;                                                 \
+            cnt[j] += d == 0 ? 1.0 : 0.0;                                               \
+        }                                                                               \
         for (w = FX_LANES / 2; w > 0; w /= 2)                                           \
-            for (j = 0; j < w; j++) acc[j] += acc[j + w];                               \
-        s += acc[0];                                                                    \
+            for (j = 0; j < w; j++) { acc[j] += acc[j + w]; cnt[j] += cnt[j + w]; }     \
+        if (m == NEG_INF)                                                               \
+            t = (cnt[0] - 1.0) + acc[0];                                                \
+        else if (mn > m)                                                                \
+            t = (1.0 + t) * exp((double)m - (double)mn) + (cnt[0] - 1.0) + acc[0];      \
+        else                                                                            \
+            t += cnt[0] + acc[0];                                                       \
+        m = mn;                                                                         \
     }                                                                                   \
     *m_out = m;                                                                         \
-    *s_out = s;                                                                         \
+    *s_out = t;                                                                         \
     return m == NEG_INF;                                                                \
 }
 FX_DEFINE_ROW_STATS(fx_seg_stats_f32, float, fx_expf, -INFINITY)
@@ -187,24 +213,26 @@ FX_DEFINE_ROW_GAP(fx_seg_gap_f64, double)
  */
 #define FX_SEG 65536
 #define FX_DEFINE_ROW_LONG(NAME, MERGE, GAP, SEG_STATS, SEG_GAP, T, NEG_INF)            \
-/* fold segment (mk, sk) into the running (m, s); a NaN sk poisons s */                 \
-static inline void MERGE(T *m, double *s, T mk, double sk)                               \
+/* fold segment (mk, tk) into the running (m, t) (t = sum - 1); a NaN tk poisons t */   \
+static inline void MERGE(T *m, double *t, T mk, double tk)                               \
 {                                                                                       \
-    if (sk != sk) { *s = NAN; return; }                                                 \
+    if (tk != tk) { *t = NAN; return; }                                                 \
+    if (*t != *t) return;                                                               \
+    if (mk == -NEG_INF || *m == -NEG_INF) { *m = -NEG_INF; *t = INFINITY; return; }      \
     if (mk == NEG_INF) return;                                                          \
+    if (*m == NEG_INF) { *m = mk; *t = tk; return; }                                    \
     if (mk > *m) {                                                                      \
-        if (*m != NEG_INF) *s *= exp((double)*m - (double)mk);                          \
+        *t = (1.0 + *t) * exp((double)*m - (double)mk) + tk;                            \
         *m = mk;                                                                        \
-        *s += sk;                                                                       \
     } else {                                                                            \
-        *s += sk * exp((double)mk - (double)*m);                                        \
+        *t += (1.0 + tk) * exp((double)mk - (double)*m);                                \
     }                                                                                   \
 }                                                                                       \
 static inline int NAME(const T *x, ptrdiff_t n, T *m_out, double *s_out)                 \
 {                                                                                       \
     if (n <= FX_SEG) return SEG_STATS(x, n, m_out, s_out);                              \
     T m = NEG_INF, mk;                                                                  \
-    double s = 0.0, sk;                                                                 \
+    double s = 0.0, sk;   /* s, sk: sums minus 1 (see above) */                          \
     for (ptrdiff_t b = 0; b < n; b += FX_SEG) {                                         \
         SEG_STATS(x + b, n - b < FX_SEG ? n - b : FX_SEG, &mk, &sk);                    \
         MERGE(&m, &s, mk, sk);                                                          \
@@ -212,7 +240,7 @@ static inline int NAME(const T *x, ptrdiff_t n, T *m_out, double *s_out)        
     }                                                                                   \
     *m_out = m;                                                                         \
     *s_out = s;                                                                         \
-    return (s != s) || m == NEG_INF;                                                    \
+    return (s != s) || m == NEG_INF || m == -NEG_INF;                                   \
 }                                                                                       \
 static inline double GAP(const T *x, ptrdiff_t n, T m, const double *w)                  \
 {                                                                                       \
@@ -332,26 +360,27 @@ static inline double fx_log(double s)
  * Short rows (C <= FX_SHORT_C): the same log-sum-exp as fx_row_stats_*, vectorised across
  * rows instead of along one row, since a row of a few classes fills no vector.  For R rows
  * of C contiguous classes at row stride rs (elements): m[r] = max, ls[r] = log(sum(exp(x - m)))
+ * (as log1p of the sum without the maximum's own 1)
  * (NaN for a NaN / +inf / all -inf row), is[r] = 1 / sum, xy[r] = x[r, y[r]].
  */
 #define FX_SHORT_C 32
 #define FX_SHORT_R 256
-#define FX_DEFINE_SHORT_STATS(NAME, T, EXP, LOG, INF)                                   \
+#define FX_DEFINE_SHORT_STATS(NAME, T, EXP, LOG1P, INF)                                 \
 static inline void NAME(const T *x, ptrdiff_t rs, ptrdiff_t R, ptrdiff_t C,              \
                         const ptrdiff_t *y, T *m, T *ls, T *is, T *xy)                   \
 {                                                                                       \
-    T t[FX_SHORT_C * FX_SHORT_R];  /* the block transposed: t[c][r], all in L1 */        \
-    T s[FX_SHORT_R];                                                                    \
+    T tr[FX_SHORT_C * FX_SHORT_R];  /* the block transposed: tr[c][r], all in L1 */       \
+    T t[FX_SHORT_R], cnt[FX_SHORT_R];                                                   \
     int nan[FX_SHORT_R];                                                                \
     for (ptrdiff_t r = 0; r < R; r++)                                                   \
-        for (ptrdiff_t c = 0; c < C; c++) t[c * FX_SHORT_R + r] = x[r * rs + c];        \
+        for (ptrdiff_t c = 0; c < C; c++) tr[c * FX_SHORT_R + r] = x[r * rs + c];       \
     FX_SIMD                                                                             \
     for (ptrdiff_t r = 0; r < R; r++) {                                                 \
-        T v = t[r];                                                                     \
-        m[r] = v; nan[r] = v != v; s[r] = 0;                                            \
+        T v = tr[r];                                                                    \
+        m[r] = v; nan[r] = v != v; t[r] = 0; cnt[r] = 0;                                \
     }                                                                                   \
     for (ptrdiff_t c = 1; c < C; c++) {                                                 \
-        const T *tc = t + c * FX_SHORT_R;                                               \
+        const T *tc = tr + c * FX_SHORT_R;                                              \
         FX_SIMD                                                                         \
         for (ptrdiff_t r = 0; r < R; r++) {                                             \
             T v = tc[r];                                                                \
@@ -360,22 +389,40 @@ static inline void NAME(const T *x, ptrdiff_t rs, ptrdiff_t R, ptrdiff_t C,     
         }                                                                               \
     }                                                                                   \
     for (ptrdiff_t c = 0; c < C; c++) {                                                 \
-        const T *tc = t + c * FX_SHORT_R;                                               \
+        const T *tc = tr + c * FX_SHORT_R;                                              \
         FX_SIMD                                                                         \
-        for (ptrdiff_t r = 0; r < R; r++) s[r] += EXP(tc[r] - m[r]);                    \
+        for (ptrdiff_t r = 0; r < R; r++) {                                             \
+            T d = tc[r] - m[r];                                                         \
+            T e = EXP(d);                                                               \
+            t[r] += d == 0 ? (T)0 : e;                                                  \
+            cnt[r] += d == 0 ? (T)1 : (T)0;                                             \
+        }                                                                               \
     }                                                                                   \
     FX_SIMD                                                                             \
-    for (ptrdiff_t r = 0; r < R; r++) xy[r] = t[y[r] * FX_SHORT_R + r];                 \
+    for (ptrdiff_t r = 0; r < R; r++) xy[r] = tr[y[r] * FX_SHORT_R + r];                \
     FX_SIMD                                                                             \
     for (ptrdiff_t r = 0; r < R; r++) {                                                 \
         int bad = nan[r] | (m[r] == INF) | (m[r] == -INF);                              \
-        T l = LOG(s[r]);                                                                \
+        T l = LOG1P((cnt[r] - 1) + t[r]);                                               \
         ls[r] = bad ? (T)NAN : l;                                                       \
-        is[r] = (T)1 / s[r];                                                            \
+        is[r] = (T)1 / (cnt[r] + t[r]);                                                 \
     }                                                                                   \
 }
-FX_DEFINE_SHORT_STATS(fx_short_stats_f32, float, fx_expf, fx_logf, INFINITY)
-FX_DEFINE_SHORT_STATS(fx_short_stats_f64, double, fx_exp, fx_log, (double)INFINITY)
+/* log1p(u), u >= 0: log(1 + u) * u / ((1 + u) - 1) corrects the rounding of 1 + u */
+static inline float fx_log1pf(float u)
+{
+    float w = 1.0f + u;
+    float l = fx_logf(w) * (u / (w - 1.0f));
+    return w == 1.0f ? u : l;
+}
+static inline double fx_log1p(double u)
+{
+    double w = 1.0 + u;
+    double l = fx_log(w) * (u / (w - 1.0));
+    return w == 1.0 ? u : l;
+}
+FX_DEFINE_SHORT_STATS(fx_short_stats_f32, float, fx_expf, fx_log1pf, INFINITY)
+FX_DEFINE_SHORT_STATS(fx_short_stats_f64, double, fx_exp, fx_log1p, (double)INFINITY)
 
 /* Short rows: g[r, c] = a[r] * exp(x[r, c] - m[r]) - cw[r] * (w ? w[c] : 1); g may alias x. */
 #define FX_DEFINE_SHORT_GRAD(NAME, T, EXP)                                              \
@@ -391,6 +438,264 @@ static inline void NAME(const T *x, ptrdiff_t rs, T *g, ptrdiff_t gs, ptrdiff_t 
 }
 FX_DEFINE_SHORT_GRAD(fx_short_grad_f32, float, fx_expf)
 FX_DEFINE_SHORT_GRAD(fx_short_grad_f64, double, fx_exp)
+
+/* ------------------------------------------------------------------ soft targets
+ * sp = sum(w * p), spg = sum(w * p * (m - x)) in double (w == NULL: unit weights). */
+#define FX_DEFINE_ROW_SOFT(NAME, T)                                                     \
+static inline void NAME(const T *x, const T *p, ptrdiff_t n, T m, const double *w,       \
+                        double *sp, double *spg)                                        \
+{                                                                                       \
+    double a = 0.0, b = 0.0;                                                            \
+    if (w == NULL) {                                                                    \
+        FX_PRAGMA(omp simd reduction(+:a) reduction(+:b))                               \
+        for (ptrdiff_t i = 0; i < n; i++) {                                             \
+            a += (double)p[i];                                                          \
+            b += (double)p[i] * (double)(m - x[i]);                                     \
+        }                                                                               \
+    } else {                                                                            \
+        FX_PRAGMA(omp simd reduction(+:a) reduction(+:b))                               \
+        for (ptrdiff_t i = 0; i < n; i++) {                                             \
+            double wp = w[i] * (double)p[i];                                            \
+            a += wp;                                                                    \
+            b += wp * (double)(m - x[i]);                                               \
+        }                                                                               \
+    }                                                                                   \
+    *sp = a;                                                                            \
+    *spg = b;                                                                           \
+}
+FX_DEFINE_ROW_SOFT(fx_row_soft_f32, float)
+FX_DEFINE_ROW_SOFT(fx_row_soft_f64, double)
+
+/* soft-target gradient: g = a * exp(x - m) - w * (b * p + c); g may alias x. */
+#define FX_DEFINE_ROW_GRAD_SOFT(NAME, T, EXP)                                           \
+static inline void NAME(const T *x, const T *p, T *g, ptrdiff_t n, T m, T a, T b, T c,   \
+                        const double *w)                                                \
+{                                                                                       \
+    if (w == NULL) {                                                                    \
+        FX_SIMD                                                                         \
+        for (ptrdiff_t i = 0; i < n; i++) g[i] = a * EXP(x[i] - m) - (b * p[i] + c);    \
+    } else {                                                                            \
+        FX_SIMD                                                                         \
+        for (ptrdiff_t i = 0; i < n; i++)                                               \
+            g[i] = a * EXP(x[i] - m) - (T)w[i] * (b * p[i] + c);                        \
+    }                                                                                   \
+}
+FX_DEFINE_ROW_GRAD_SOFT(fx_row_grad_soft_f32, float, fx_expf)
+FX_DEFINE_ROW_GRAD_SOFT(fx_row_grad_soft_f64, double, fx_exp)
+
+/* ------------------------------------------------------------------ expm1 and tanh
+ * expm1 from the same reduction as fx_exp, keeping the polynomial without its constant:
+ * expm1(x) = 2^n * q(r) + (2^n - 1), q(r) = e^r - 1; exact (2^n - 1) for the n used here.
+ * tanh(u) = -t / (2 + t) with t = expm1(-2|u|): no cancellation near 0.  For softcap. */
+static inline float fx_expm1f_neg(float x)   /* x <= 0 */
+{
+    const float magic = 12582912.0f;
+    float xc = x < -40.0f ? -40.0f : x;
+    float t = xc * 1.44269504088896341f + magic;
+    float n = t - magic;
+    float r = xc - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.0f / 5040.0f;
+    p = p * r + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r;                                   /* e^r - 1 */
+    int32_t ti;
+    memcpy(&ti, &t, 4);
+    uint32_t sb = ((uint32_t)(ti - 0x4B400000 + 127)) << 23;
+    float scale;
+    memcpy(&scale, &sb, 4);
+    return scale * p + (scale - 1.0f);
+}
+
+static inline double fx_expm1_neg(double x)  /* x <= 0 */
+{
+    const double magic = 6755399441055744.0;
+    double xc = x < -60.0 ? -60.0 : x;
+    double t = xc * 1.4426950408889634074 + magic;
+    double n = t - magic;
+    double r = xc - n * 0.693147180369123816490;
+    r = r - n * 1.90821492927058770002e-10;
+    double p = 1.0 / 6227020800.0;
+    p = p * r + 1.0 / 479001600.0;
+    p = p * r + 1.0 / 39916800.0;
+    p = p * r + 1.0 / 3628800.0;
+    p = p * r + 1.0 / 362880.0;
+    p = p * r + 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    p = p * r;
+    int64_t ti;
+    memcpy(&ti, &t, 8);
+    uint64_t sb = ((uint64_t)(ti - 0x4338000000000000LL + 1023)) << 52;
+    double scale;
+    memcpy(&scale, &sb, 8);
+    return scale * p + (scale - 1.0);
+}
+
+static inline float fx_tanhf(float u)
+{
+    float au = u < 0 ? -u : u;
+    float t = fx_expm1f_neg(-2.0f * au);
+    float y = -t / (2.0f + t);
+    return u < 0 ? -y : (u == u ? y : u);
+}
+
+static inline double fx_tanh(double u)
+{
+    double au = u < 0 ? -u : u;
+    double t = fx_expm1_neg(-2.0 * au);
+    double y = -t / (2.0 + t);
+    return u < 0 ? -y : (u == u ? y : u);
+}
+
+/* ------------------------------------------------------------------ half precision
+ * float16 <-> float32 by bit manipulation (branch-free, vectorises), bfloat16 by shifting.
+ * Gradients written back to 16 bits round to nearest even. */
+static inline float fx_f16_to_f32(uint16_t h)
+{
+    uint32_t sign = ((uint32_t)h & 0x8000u) << 16;
+    uint32_t e = ((uint32_t)h >> 10) & 0x1fu, mant = (uint32_t)h & 0x3ffu;
+    uint32_t normal = ((e + 112u) << 23) | (mant << 13);
+    uint32_t special = 0x7f800000u | (mant << 13);
+    uint32_t bits = e == 31u ? special : normal;
+    float f;
+    memcpy(&f, &bits, 4);
+    float sub = (float)mant * 5.9604644775390625e-8f;   /* 2^-24 */
+    f = e == 0u ? sub : f;
+    uint32_t fb;
+    memcpy(&fb, &f, 4);
+    fb |= sign;
+    memcpy(&f, &fb, 4);
+    return f;
+}
+
+static inline uint16_t fx_f32_to_f16(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000u, ax = x & 0x7fffffffu;
+    if (ax > 0x7f800000u) return (uint16_t)(sign | 0x7e00u);           /* NaN */
+    if (ax >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);          /* overflow: inf */
+    if (ax < 0x38800000u) {                                             /* half subnormal */
+        float af;
+        memcpy(&af, &ax, 4);
+        return (uint16_t)(sign | (uint32_t)rintf(af * 16777216.0f));   /* units of 2^-24 */
+    }
+    uint32_t r = ax - 0x38000000u;                                      /* rebias 127 -> 15 */
+    r = r + 0xfffu + ((r >> 13) & 1u);
+    return (uint16_t)(sign | (r >> 13));
+}
+
+static inline float fx_bf16_to_f32(uint16_t h)
+{
+    uint32_t b = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &b, 4);
+    return f;
+}
+
+static inline uint16_t fx_f32_to_bf16(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x40u);   /* NaN */
+    return (uint16_t)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+}
+
+/* ------------------------------------------------------------------ row load / store
+ * The buffered path of the kernels: a row of any supported dtype (FX_DT_*) and stride is
+ * loaded into a contiguous float/double buffer, with the logit transform applied on the way
+ * (z' = scale * x, then cap * tanh(z' / cap) when cap > 0); the gradient is stored back with
+ * the chain rule (dz'/dx = scale * (1 - (z'/cap)^2)) and converted to the output dtype. */
+enum { FX_DT_F32 = 0, FX_DT_F64 = 1, FX_DT_F16 = 2, FX_DT_BF16 = 3 };
+
+static inline void fx_load_f32(const char *src, ptrdiff_t cs, int dt, ptrdiff_t n, float scale,
+                               float cap, float *buf)
+{
+    ptrdiff_t i;
+    if (dt == FX_DT_F32) {
+        for (i = 0; i < n; i++) buf[i] = *(const float *)(src + i * cs);
+    } else if (dt == FX_DT_F16) {
+        FX_SIMD
+        for (i = 0; i < n; i++) buf[i] = fx_f16_to_f32(*(const uint16_t *)(src + i * cs));
+    } else {
+        FX_SIMD
+        for (i = 0; i < n; i++) buf[i] = fx_bf16_to_f32(*(const uint16_t *)(src + i * cs));
+    }
+    if (scale != 1.0f) {
+        FX_SIMD
+        for (i = 0; i < n; i++) buf[i] *= scale;
+    }
+    if (cap > 0.0f) {
+        float ic = 1.0f / cap;
+        FX_SIMD
+        for (i = 0; i < n; i++) buf[i] = cap * fx_tanhf(buf[i] * ic);
+    }
+}
+
+static inline void fx_load_f64(const char *src, ptrdiff_t cs, int dt, ptrdiff_t n, double scale,
+                               double cap, double *buf)
+{
+    ptrdiff_t i;
+    (void)dt;
+    for (i = 0; i < n; i++) buf[i] = *(const double *)(src + i * cs);
+    if (scale != 1.0) {
+        FX_SIMD
+        for (i = 0; i < n; i++) buf[i] *= scale;
+    }
+    if (cap > 0.0) {
+        double ic = 1.0 / cap;
+        FX_SIMD
+        for (i = 0; i < n; i++) buf[i] = cap * fx_tanh(buf[i] * ic);
+    }
+}
+
+static inline void fx_store_f32(float *g, const float *z, ptrdiff_t n, float scale, float cap,
+                                char *dst, ptrdiff_t cs, int dt)
+{
+    ptrdiff_t i;
+    if (cap > 0.0f) {
+        float ic = 1.0f / cap;
+        FX_SIMD
+        for (i = 0; i < n; i++) { float u = z[i] * ic; g[i] *= scale * (1.0f - u * u); }
+    } else if (scale != 1.0f) {
+        FX_SIMD
+        for (i = 0; i < n; i++) g[i] *= scale;
+    }
+    if (dt == FX_DT_F32) {
+        for (i = 0; i < n; i++) *(float *)(dst + i * cs) = g[i];
+    } else if (dt == FX_DT_F16) {
+        for (i = 0; i < n; i++) *(uint16_t *)(dst + i * cs) = fx_f32_to_f16(g[i]);
+    } else {
+        FX_SIMD
+        for (i = 0; i < n; i++) *(uint16_t *)(dst + i * cs) = fx_f32_to_bf16(g[i]);
+    }
+}
+
+static inline void fx_store_f64(double *g, const double *z, ptrdiff_t n, double scale, double cap,
+                                char *dst, ptrdiff_t cs, int dt)
+{
+    ptrdiff_t i;
+    (void)dt;
+    if (cap > 0.0) {
+        double ic = 1.0 / cap;
+        FX_SIMD
+        for (i = 0; i < n; i++) { double u = z[i] * ic; g[i] *= scale * (1.0 - u * u); }
+    } else if (scale != 1.0) {
+        FX_SIMD
+        for (i = 0; i < n; i++) g[i] *= scale;
+    }
+    for (i = 0; i < n; i++) *(double *)(dst + i * cs) = g[i];
+}
 
 /* SIMD level the kernels were compiled for (reported by show_config). */
 static inline const char *fx_simd_level(void)

@@ -7,7 +7,7 @@ predictably; this file gives them fused-type names and builds the per-row cross-
 Nothing here can fail, allocate or touch Python.
 """
 from cython cimport floating
-from libc.math cimport log, NAN
+from libc.math cimport log, log1p, NAN
 
 
 cdef extern from "_rowmath.h" nogil:
@@ -22,6 +22,26 @@ cdef extern from "_rowmath.h" nogil:
     double fx_seg_gap_f32(const float *x, Py_ssize_t n, float m, const double *w)
     double fx_seg_gap_f64(const double *x, Py_ssize_t n, double m, const double *w)
     enum: FX_SEG
+    void fx_row_soft_f32(const float *x, const float *p, Py_ssize_t n, float m, const double *w,
+                         double *sp, double *spg)
+    void fx_row_soft_f64(const double *x, const double *p, Py_ssize_t n, double m, const double *w,
+                         double *sp, double *spg)
+    void fx_row_grad_soft_f32(const float *x, const float *p, float *g, Py_ssize_t n, float m,
+                              float a, float b, float c, const double *w)
+    void fx_row_grad_soft_f64(const double *x, const double *p, double *g, Py_ssize_t n, double m,
+                              double a, double b, double c, const double *w)
+    enum: FX_DT_F32
+    enum: FX_DT_F64
+    enum: FX_DT_F16
+    enum: FX_DT_BF16
+    void fx_load_f32(const char *src, Py_ssize_t cs, int dt, Py_ssize_t n, float scale, float cap,
+                     float *buf)
+    void fx_load_f64(const char *src, Py_ssize_t cs, int dt, Py_ssize_t n, double scale, double cap,
+                     double *buf)
+    void fx_store_f32(float *g, const float *z, Py_ssize_t n, float scale, float cap, char *dst,
+                      Py_ssize_t cs, int dt)
+    void fx_store_f64(double *g, const double *z, Py_ssize_t n, double scale, double cap, char *dst,
+                      Py_ssize_t cs, int dt)
     double fx_row_gap_f32(const float *x, Py_ssize_t n, float m, const double *w)
     double fx_row_gap_f64(const double *x, Py_ssize_t n, double m, const double *w)
     void fx_row_grad_f32(const float *x, float *g, Py_ssize_t n, float m, float a, float c, const double *w)
@@ -49,8 +69,9 @@ cdef extern from "_rowmath.h" nogil:
 
 # ---------------------------------------------------------------- fused-type names
 cdef inline int row_stats(const floating *x, Py_ssize_t n, floating *m, double *s) noexcept nogil:
-    """m = max(x), s = sum(exp(x - m)); returns 1 when the row's log-sum-exp is NaN
-    (a NaN or +inf element, or every element -inf)."""
+    """m = max(x), s = sum(exp(x - m)) - 1 (the maximum's own 1 left out, so log1p(s) is
+    exact for tiny losses); returns 1 when the row has a NaN (s NaN), a +inf (m = s = +inf)
+    or only -inf elements (m = -inf)."""
     if floating is float:
         return fx_row_stats_f32(x, n, m, s)
     else:
@@ -146,12 +167,33 @@ cdef inline double seg_gap(const floating *x, Py_ssize_t n, floating m, const do
         return fx_seg_gap_f64(x, n, m, w)
 
 
+cdef inline void row_soft(const floating *x, const floating *p, Py_ssize_t n, floating m,
+                          const double *w, double *sp, double *spg) noexcept nogil:
+    """sp = sum(w p), spg = sum(w p (m - x)) in double."""
+    if floating is float:
+        fx_row_soft_f32(x, p, n, m, w, sp, spg)
+    else:
+        fx_row_soft_f64(x, p, n, m, w, sp, spg)
+
+
+cdef inline void row_grad_soft(const floating *x, const floating *p, floating *g, Py_ssize_t n,
+                               floating m, floating a, floating b, floating c,
+                               const double *w) noexcept nogil:
+    """g = a exp(x - m) - w (b p + c); g may alias x."""
+    if floating is float:
+        fx_row_grad_soft_f32(x, p, g, n, m, a, b, c, w)
+    else:
+        fx_row_grad_soft_f64(x, p, g, n, m, a, b, c, w)
+
+
 # ---------------------------------------------------------------- per-row cross-entropy
 # For a non-ignored row with label y, weight wy = w[y], m = max, s = sum(exp(x - m)):
 #     loss = (1-eps) * wy * (lse - x[y]) + eps/C * sum_c w[c] * (lse - x[c])
 #     grad = a * exp(x - m) - cw * w - b * onehot(y)
 #       a  = gs * ((1-eps)*wy + eps*W/C) / s,   cw = gs*eps/C,   b = gs*(1-eps)*wy
 # with lse - x[c] = (m - x[c]) + log(s), so no large numbers cancel, and gap = sum w*(m - x).
+# row_stats returns t = s - 1 (the sum without the maximum's own 1): log(s) = log1p(t) keeps
+# a tiny loss (a confident, correct prediction) exact to its last bits.
 cdef inline double xent_loss(double m, double xy, double logs, double wy, double W,
                              double eps, Py_ssize_t C, double gap) noexcept nogil:
     cdef double loss = (1.0 - eps) * wy * ((m - xy) + logs)
@@ -165,21 +207,62 @@ cdef inline double xent_a(double gs, double wy, double W, double eps, Py_ssize_t
     return gs * ((1.0 - eps) * wy + eps * W / C) * inv_s
 
 
-cdef inline double row_xent(const floating *x, Py_ssize_t C, Py_ssize_t y, double wy,
-                            const double *w, double W, double eps, double gs,
-                            floating *g) noexcept nogil:
-    """Loss of one non-ignored row (formulas above); writes the gradient into ``g`` unless
-    it is NULL (``g`` may alias ``x``: in-place gradient).  A NaN row gives NaN everywhere."""
+cdef inline void row_load(const char *src, Py_ssize_t cs, int dt, Py_ssize_t n, double scale,
+                          double cap, floating *buf) noexcept nogil:
+    """Any supported dtype / stride -> contiguous buffer, with z' = cap*tanh(scale*x/cap)."""
+    if floating is float:
+        fx_load_f32(src, cs, dt, n, <float>scale, <float>cap, buf)
+    else:
+        fx_load_f64(src, cs, dt, n, scale, cap, buf)
+
+
+cdef inline void row_store(floating *g, const floating *z, Py_ssize_t n, double scale, double cap,
+                           char *dst, Py_ssize_t cs, int dt) noexcept nogil:
+    """Gradient buffer -> output row, chain rule through the logit transform, dtype conversion."""
+    if floating is float:
+        fx_store_f32(g, z, n, <float>scale, <float>cap, dst, cs, dt)
+    else:
+        fx_store_f64(g, z, n, scale, cap, dst, cs, dt)
+
+
+cdef inline double row_xent(const floating *x, Py_ssize_t C, Py_ssize_t y, const floating *p,
+                            double wy, const double *w, double W, double eps, double zl,
+                            double gs, floating *g, double *zterm) noexcept nogil:
+    """Loss of one non-ignored row; hard label ``y`` (p NULL) or soft targets ``p`` (row of
+    probabilities).  Writes the gradient into ``g`` unless it is NULL (``g`` may alias ``x``:
+    in-place gradient) and the z-loss part of the loss into ``zterm``.  A NaN row gives NaN.
+
+    soft:  loss = sum_c w_c p'_c (lse - x_c),  p' = (1-eps) p + eps/C
+           grad = gs * (sum(w p') * softmax - w p')
+    z-loss adds zl * lse^2 to the loss and gs * 2 zl lse * softmax to the gradient."""
     cdef floating m
-    cdef double s, logs, loss
+    cdef double s, logs, lse, loss, coef, sp, spg, z = 0.0
     if row_stats(x, C, &m, &s):
         if g != NULL:
             row_fill(g, C, <floating>NAN)
+        zterm[0] = NAN
         return NAN
-    logs = log(s)
-    loss = xent_loss(m, x[y], logs, wy, W, eps, C, row_gap(x, C, m, w) if eps != 0.0 else 0.0)
+    logs = log1p(s)
+    if p == NULL:
+        loss = xent_loss(m, x[y], logs, wy, W, eps, C, row_gap(x, C, m, w) if eps != 0.0 else 0.0)
+        coef = (1.0 - eps) * wy + eps * W / C
+    else:
+        row_soft(x, p, C, m, w, &sp, &spg)
+        coef = (1.0 - eps) * sp + eps * W / C
+        loss = coef * logs + (1.0 - eps) * spg
+        if eps != 0.0:
+            loss = loss + (eps / C) * row_gap(x, C, m, w)
+    if zl != 0.0:
+        lse = <double>m + logs
+        z = zl * lse * lse
+        loss = loss + z
+        coef = coef + 2.0 * zl * lse
+    zterm[0] = z
     if g != NULL:
-        row_grad(x, g, C, m, <floating>xent_a(gs, wy, W, eps, C, 1.0 / s),
-                 <floating>(gs * eps / C), w)
-        g[y] = g[y] - <floating>(gs * (1.0 - eps) * wy)
+        if p == NULL:
+            row_grad(x, g, C, m, <floating>(gs * coef / (1.0 + s)), <floating>(gs * eps / C), w)
+            g[y] = g[y] - <floating>(gs * (1.0 - eps) * wy)
+        else:
+            row_grad_soft(x, p, g, C, m, <floating>(gs * coef / (1.0 + s)), <floating>(gs * (1.0 - eps)),
+                          <floating>(gs * eps / C), w)
     return loss

@@ -26,14 +26,15 @@ from cython cimport floating
 from cython.parallel cimport prange
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport malloc, free
-from libc.math cimport log, fabs, NAN, INFINITY
+from libc.math cimport log, log1p, fabs, NAN, INFINITY
 
 cimport numpy as cnp
 
 from fastxent._rowmath cimport (row_stats, row_gap, row_grad, row_shift, row_fill,
                                 row_gather, row_scatter, row_xent, xent_loss, xent_a,
                                 short_stats, short_grad, seg_stats, stats_merge, seg_gap,
-                                fx_simd_level, FX_SHORT_C, FX_SHORT_R, FX_SEG)
+                                row_load, row_store, fx_simd_level, FX_SHORT_C, FX_SHORT_R,
+                                FX_SEG, FX_DT_F32, FX_DT_F64, FX_DT_F16, FX_DT_BF16)
 
 cnp.import_array()
 
@@ -78,6 +79,17 @@ cdef struct View2:
     Py_ssize_t cs       # class stride, elements (1: contiguous row)
 
 
+cdef struct Arr:
+    # a validated array seen as (rows, C): row i is (i // D, i % D) of an (A, D, C) view,
+    # so PyTorch's (N, C, d1, ...) layout needs no transposed copy
+    char *base
+    Py_ssize_t s0, s1   # strides of the two row indices, bytes
+    Py_ssize_t D        # length of the inner row index (1 for 2-D input)
+    Py_ssize_t cs       # class stride, bytes
+    int dt              # FX_DT_* element type
+    int isz             # item size, bytes
+
+
 cdef inline View2 _view2(object a):
     """Data pointer and strides of a validated 2-D array (or an empty view for None)."""
     cdef View2 v
@@ -94,6 +106,54 @@ cdef inline View2 _view2(object a):
     return v
 
 
+cdef inline int _dtcode(cnp.ndarray arr):
+    cdef int t = cnp.PyArray_TYPE(arr)
+    if t == cnp.NPY_FLOAT32:
+        return FX_DT_F32
+    if t == cnp.NPY_FLOAT64:
+        return FX_DT_F64
+    if t == cnp.NPY_FLOAT16:
+        return FX_DT_F16
+    return FX_DT_BF16   # the API passes bfloat16 (ml_dtypes) as a 2-byte non-float16 type
+
+
+cdef inline Arr _arr(object a):
+    """A 2-D (rows, C) or 3-D (A, D, C) validated array as an Arr (base NULL for None)."""
+    cdef Arr v
+    cdef cnp.ndarray arr
+    v.base = NULL
+    v.s0 = v.s1 = 0
+    v.D = 1
+    v.cs = 0
+    v.dt = FX_DT_F32
+    v.isz = 4
+    if a is None:
+        return v
+    arr = <cnp.ndarray>a
+    v.base = <char *>cnp.PyArray_DATA(arr)
+    v.dt = _dtcode(arr)
+    v.isz = cnp.PyArray_ITEMSIZE(arr)
+    v.s0 = cnp.PyArray_STRIDE(arr, 0)
+    if cnp.PyArray_NDIM(arr) == 3:
+        v.s1 = cnp.PyArray_STRIDE(arr, 1)
+        v.D = cnp.PyArray_DIM(arr, 1)
+        v.cs = cnp.PyArray_STRIDE(arr, 2)
+    else:
+        v.cs = cnp.PyArray_STRIDE(arr, 1)
+    return v
+
+
+cdef inline char *_row(const Arr *a, Py_ssize_t i) noexcept nogil:
+    if a.D == 1:
+        return a.base + i * a.s0
+    return a.base + (i // a.D) * a.s0 + (i % a.D) * a.s1
+
+
+cdef inline bint _direct(const Arr *a, int dt) noexcept nogil:
+    """Rows can be used in place: contiguous classes of the kernel's own element type."""
+    return a.base == NULL or (a.dt == dt and a.cs == a.isz)
+
+
 cdef inline char *_data(object a):
     return NULL if a is None else <char *>cnp.PyArray_DATA(<cnp.ndarray>a)
 
@@ -104,22 +164,30 @@ cdef inline Py_ssize_t _stride0(object a):
 
 # ------------------------------------------------------------------ cross-entropy
 cdef struct XentArgs:
-    View2 x             # logits (N, C)
-    View2 g             # gradient out (N, C), base NULL: loss only; may be the logits
-    char *t             # labels
+    Arr x               # logits as (rows, C)
+    Arr g               # gradient out, base NULL: loss only; may be the logits themselves
+    Arr p               # soft targets (class probabilities), base NULL: hard labels
+    char *t             # labels (hard targets)
     Py_ssize_t ts       # label stride, bytes
     Py_ssize_t N, C
     const double *w     # class weights (C,) or NULL
     double W            # sum of the weights (C when w is NULL)
     Py_ssize_t ignore_index
     double eps          # label smoothing
-    double gscale       # gradient scale (grad_output, / sum of weights for "mean")
+    double zl           # z-loss coefficient
+    double scale        # logit scale (inverse temperature)
+    double cap          # softcap (0: none)
+    double lscale       # loss scale: 1 / ln(base)
+    double gscale       # gradient scale (grad_output, / denominator for "mean", / ln(base))
     const double *row_scale   # per-row gradient scale (N,) or NULL
-    char *loss_out      # per-row losses (N,), contiguous, logits' dtype, or NULL
+    char *loss_out      # per-row losses (N,), contiguous, kernel dtype, or NULL
+    char *z_out         # per-row z-loss terms (N,), contiguous, kernel dtype, or NULL
+    bint direct         # x, g, p all usable in place (else the buffered path)
 
 
 cdef struct Part:
     double loss         # sum of row losses
+    double z            # sum of row z-loss terms
     double wsum         # sum of w[y] over non-ignored rows
     Py_ssize_t bad      # first row with a label outside [0, C) (not ignore_index), or -1
 
@@ -128,10 +196,20 @@ cdef inline Py_ssize_t _label(const XentArgs *A, const label_t *tp, Py_ssize_t i
     return <Py_ssize_t>(<const label_t *>(A.t + i * A.ts))[0]
 
 
+cdef inline void _emit(const XentArgs *A, floating *lp, Py_ssize_t i, double loss, double z,
+                       Part *part) noexcept nogil:
+    part.loss += loss
+    part.z += z
+    if lp != NULL:
+        lp[i] = <floating>(loss * A.lscale)
+    if A.z_out != NULL:
+        (<floating *>A.z_out)[i] = <floating>(z * A.lscale)
+
+
 cdef void _xent_short(const XentArgs *A, const label_t *tp, floating *lp, Py_ssize_t lo,
                       Py_ssize_t hi, Part *part) noexcept nogil:
-    """Rows of at most FX_SHORT_C contiguous classes, FX_SHORT_R at a time, vectorised
-    across rows (same formulas as row_xent)."""
+    """Hard labels, rows of at most FX_SHORT_C contiguous classes, FX_SHORT_R rows at a time,
+    vectorised across rows (same formulas as row_xent)."""
     cdef Py_ssize_t yi[FX_SHORT_R]
     cdef char valid[FX_SHORT_R]
     cdef floating m[FX_SHORT_R]
@@ -142,10 +220,10 @@ cdef void _xent_short(const XentArgs *A, const label_t *tp, floating *lp, Py_ssi
     cdef floating cw[FX_SHORT_R]
     cdef floating b[FX_SHORT_R]
     cdef Py_ssize_t r0, r, R, y, i, C = A.C
-    cdef Py_ssize_t rs = A.x.rs // sizeof(floating), grs = A.g.rs // sizeof(floating)
+    cdef Py_ssize_t rs = A.x.s0 // sizeof(floating), grs = A.g.s0 // sizeof(floating)
     cdef const floating *xb
     cdef floating *gb
-    cdef double loss, wy, gs = A.gscale, eps = A.eps
+    cdef double loss, wy, lse, z, coef, gs = A.gscale, eps = A.eps
     r0 = lo
     while r0 < hi:
         R = min(<Py_ssize_t>FX_SHORT_R, hi - r0)
@@ -155,29 +233,34 @@ cdef void _xent_short(const XentArgs *A, const label_t *tp, floating *lp, Py_ssi
             yi[r] = y if valid[r] else 0
             if not valid[r] and y != A.ignore_index and part.bad < 0:
                 part.bad = r0 + r
-        xb = <const floating *>(A.x.base + r0 * A.x.rs)
+        xb = <const floating *>(A.x.base + r0 * A.x.s0)
         short_stats(xb, rs, R, C, yi, m, ls, inv_s, xy)
         for r in range(R):
             i = r0 + r
+            z = 0.0
             if valid[r]:
                 wy = A.w[yi[r]] if A.w != NULL else 1.0
                 part.wsum += wy
                 loss = xent_loss(m[r], xy[r], ls[r], wy, A.W, eps, C,
                                  row_gap(xb + r * rs, C, m[r], A.w) if eps != 0.0 else 0.0)
+                coef = (1.0 - eps) * wy + eps * A.W / C
+                if A.zl != 0.0:
+                    lse = <double>m[r] + <double>ls[r]
+                    z = A.zl * lse * lse
+                    loss = loss + z
+                    coef = coef + 2.0 * A.zl * lse
                 if A.row_scale != NULL:
                     gs = A.gscale * A.row_scale[i]
-                a[r] = <floating>xent_a(gs, wy, A.W, eps, C, inv_s[r])
+                a[r] = <floating>(gs * coef * <double>inv_s[r])
                 cw[r] = <floating>(gs * eps / C)
                 b[r] = <floating>(gs * (1.0 - eps) * wy)
             else:
                 loss = 0.0 if _label(A, tp, i) == A.ignore_index else NAN
                 a[r] = 0
                 cw[r] = 0
-            if lp != NULL:
-                lp[i] = <floating>loss
-            part.loss += loss
+            _emit(A, lp, i, loss, z, part)
         if A.g.base != NULL:
-            gb = <floating *>(A.g.base + r0 * A.g.rs)
+            gb = <floating *>(A.g.base + r0 * A.g.s0)
             short_grad(xb, rs, gb, grs, R, C, m, a, cw, A.w)
             for r in range(R):
                 if valid[r]:
@@ -189,132 +272,162 @@ cdef void _xent_short(const XentArgs *A, const label_t *tp, floating *lp, Py_ssi
 
 cdef void _xent_rows(const XentArgs *A, const label_t *tp, floating *lp, Py_ssize_t lo,
                      Py_ssize_t hi, Part *part) noexcept nogil:
-    """Rows lo..hi one at a time (strided rows are gathered into a row buffer)."""
-    cdef Py_ssize_t i, y, C = A.C
+    """Rows lo..hi one at a time.  Rows that cannot be used in place (strided classes, 16-bit
+    floats, a logit transform) go through row buffers: load -> compute -> store."""
+    cdef Py_ssize_t i, y = 0, C = A.C
     cdef const floating *xr
-    cdef floating *gr
-    cdef floating *buf = NULL
-    cdef double loss, wy, gs = A.gscale
-    cdef bint has_grad = A.g.base != NULL
-    cdef bint gather = A.x.cs != 1 or (has_grad and A.g.cs != 1)
-    if C <= FX_SHORT_C and not gather:
+    cdef const floating *pr = NULL
+    cdef floating *gr = NULL
+    cdef floating *zb = NULL
+    cdef floating *gb = NULL
+    cdef floating *pb = NULL
+    cdef double loss, z, wy = 1.0, gs = A.gscale
+    cdef bint has_grad = A.g.base != NULL, soft = A.p.base != NULL
+    if A.direct and C <= FX_SHORT_C and not soft and A.x.D == 1 and A.g.D == 1:
         _xent_short(A, tp, lp, lo, hi, part)
         return
-    if gather:
-        buf = <floating *>malloc(C * sizeof(floating))
+    if not A.direct:
+        zb = <floating *>malloc(C * sizeof(floating))
+        if has_grad:
+            gb = <floating *>malloc(C * sizeof(floating))
+        if soft:
+            pb = <floating *>malloc(C * sizeof(floating))
     for i in range(lo, hi):
-        y = _label(A, tp, i)
-        xr = <const floating *>(A.x.base + i * A.x.rs)
-        gr = <floating *>(A.g.base + i * A.g.rs) if has_grad else NULL
-        if y == A.ignore_index or y < 0 or y >= C:
-            if y != A.ignore_index and part.bad < 0:
-                part.bad = i
-            if has_grad:
-                if A.g.cs == 1:
-                    row_fill(gr, C, 0)
-                else:
-                    row_fill(buf, C, 0)
-                    row_scatter(buf, C, gr, A.g.cs)
-            loss = 0.0 if y == A.ignore_index else NAN
-        else:
+        z = 0.0
+        if not soft:
+            y = _label(A, tp, i)
+            if y == A.ignore_index or y < 0 or y >= C:
+                if y != A.ignore_index and part.bad < 0:
+                    part.bad = i
+                if has_grad:
+                    if A.direct:
+                        row_fill(<floating *>_row(&A.g, i), C, 0)
+                    else:
+                        row_fill(gb, C, 0)
+                        row_store(gb, gb, C, 1.0, 0.0, _row(&A.g, i), A.g.cs, A.g.dt)
+                _emit(A, lp, i, 0.0 if y == A.ignore_index else NAN, 0.0, part)
+                continue
             wy = A.w[y] if A.w != NULL else 1.0
             part.wsum += wy
-            if A.row_scale != NULL:
-                gs = A.gscale * A.row_scale[i]
-            if not gather:
-                loss = row_xent(xr, C, y, wy, A.w, A.W, A.eps, gs, gr)
-            else:
-                row_gather(xr, A.x.cs, C, buf)
-                loss = row_xent(<const floating *>buf, C, y, wy, A.w, A.W, A.eps, gs,
-                                buf if has_grad else <floating *>NULL)
-                if has_grad:
-                    row_scatter(buf, C, gr, A.g.cs)
-        if lp != NULL:
-            lp[i] = <floating>loss
-        part.loss += loss
-    if buf != NULL:
-        free(buf)
+        else:
+            part.wsum += 1.0     # soft targets: "mean" divides by the number of rows
+        if A.row_scale != NULL:
+            gs = A.gscale * A.row_scale[i]
+        if A.direct:
+            xr = <const floating *>_row(&A.x, i)
+            if soft:
+                pr = <const floating *>_row(&A.p, i)
+            if has_grad:
+                gr = <floating *>_row(&A.g, i)
+        else:
+            row_load(_row(&A.x, i), A.x.cs, A.x.dt, C, A.scale, A.cap, zb)
+            xr = zb
+            if soft:
+                row_load(_row(&A.p, i), A.p.cs, A.p.dt, C, 1.0, 0.0, pb)
+                pr = pb
+            gr = gb
+        loss = row_xent(xr, C, y, pr, wy, A.w, A.W, A.eps, A.zl, gs, gr, &z)
+        if has_grad and not A.direct:
+            row_store(gb, zb, C, A.scale, A.cap, _row(&A.g, i), A.g.cs, A.g.dt)
+        _emit(A, lp, i, loss, z, part)
+    free(zb)
+    free(gb)
+    free(pb)
 
 
 cdef void _xent_split_row(const XentArgs *A, const label_t *tp, floating *lp, Py_ssize_t i,
                           Part *part, floating *ms, double *ss, double *gaps,
                           int n_threads) noexcept nogil:
-    """One long contiguous row, its FX_SEG segments spread over the threads.  Same numbers
-    as row_xent: row_stats / row_gap merge the same segments in the same order."""
-    cdef Py_ssize_t C = A.C, nseg = (C + FX_SEG - 1) // FX_SEG, k, lo, n, y
-    cdef const floating *xr = <const floating *>(A.x.base + i * A.x.rs)
-    cdef floating *gr = <floating *>(A.g.base + i * A.g.rs) if A.g.base != NULL else NULL
+    """One long contiguous row (hard label), its FX_SEG segments spread over the threads.
+    Same numbers as row_xent: row_stats / row_gap merge the same segments in the same order."""
+    cdef Py_ssize_t C = A.C, nseg = (C + FX_SEG - 1) // FX_SEG, k, lo, y
+    cdef const floating *xr = <const floating *>_row(&A.x, i)
+    cdef floating *gr = <floating *>_row(&A.g, i) if A.g.base != NULL else NULL
     cdef floating m = -INFINITY
-    cdef double s = 0.0, loss, wy, gs = A.gscale, gap = 0.0, a_, cw
+    cdef double s = 0.0, loss, wy, gs = A.gscale, gap = 0.0, coef, cw, lse, z = 0.0, logs
     y = _label(A, tp, i)
     if y == A.ignore_index or y < 0 or y >= C:
-        if y != A.ignore_index:
+        if y != A.ignore_index and part.bad < 0:
             part.bad = i
         if gr != NULL:
             for k in prange(nseg, schedule="static", num_threads=n_threads):
                 lo = k * FX_SEG
                 row_fill(gr + lo, min(C - lo, <Py_ssize_t>FX_SEG), 0)
-        loss = 0.0 if y == A.ignore_index else NAN
-    else:
-        wy = A.w[y] if A.w != NULL else 1.0
-        part.wsum += wy
-        if A.row_scale != NULL:
-            gs = A.gscale * A.row_scale[i]
+        _emit(A, lp, i, 0.0 if y == A.ignore_index else NAN, 0.0, part)
+        return
+    wy = A.w[y] if A.w != NULL else 1.0
+    part.wsum += wy
+    if A.row_scale != NULL:
+        gs = A.gscale * A.row_scale[i]
+    for k in prange(nseg, schedule="static", num_threads=n_threads):
+        lo = k * FX_SEG
+        seg_stats(xr + lo, min(C - lo, <Py_ssize_t>FX_SEG), &ms[k], &ss[k])
+    for k in range(nseg):
+        stats_merge(&m, &s, ms[k], ss[k])
+    if s != s or m == -INFINITY or m == INFINITY:
+        if gr != NULL:
+            for k in prange(nseg, schedule="static", num_threads=n_threads):
+                lo = k * FX_SEG
+                row_fill(gr + lo, min(C - lo, <Py_ssize_t>FX_SEG), <floating>NAN)
+        _emit(A, lp, i, NAN, NAN, part)
+        return
+    if A.eps != 0.0:
         for k in prange(nseg, schedule="static", num_threads=n_threads):
             lo = k * FX_SEG
-            seg_stats(xr + lo, min(C - lo, <Py_ssize_t>FX_SEG), &ms[k], &ss[k])
+            gaps[k] = seg_gap(xr + lo, min(C - lo, <Py_ssize_t>FX_SEG), m,
+                              A.w + lo if A.w != NULL else NULL)
         for k in range(nseg):
-            stats_merge(&m, &s, ms[k], ss[k])
-        if s != s or m == -INFINITY:
-            loss = NAN
-            if gr != NULL:
-                for k in prange(nseg, schedule="static", num_threads=n_threads):
-                    lo = k * FX_SEG
-                    row_fill(gr + lo, min(C - lo, <Py_ssize_t>FX_SEG), <floating>NAN)
-        else:
-            if A.eps != 0.0:
-                for k in prange(nseg, schedule="static", num_threads=n_threads):
-                    lo = k * FX_SEG
-                    gaps[k] = seg_gap(xr + lo, min(C - lo, <Py_ssize_t>FX_SEG), m,
-                                      A.w + lo if A.w != NULL else NULL)
-                for k in range(nseg):
-                    gap += gaps[k]
-            loss = xent_loss(m, xr[y], log(s), wy, A.W, A.eps, C, gap)
-            if gr != NULL:
-                a_ = xent_a(gs, wy, A.W, A.eps, C, 1.0 / s)
-                cw = gs * A.eps / C
-                for k in prange(nseg, schedule="static", num_threads=n_threads):
-                    lo = k * FX_SEG
-                    row_grad(xr + lo, gr + lo, min(C - lo, <Py_ssize_t>FX_SEG), m, <floating>a_,
-                             <floating>cw, A.w + lo if A.w != NULL else NULL)
-                gr[y] = gr[y] - <floating>(gs * (1.0 - A.eps) * wy)
-    if lp != NULL:
-        lp[i] = <floating>loss
-    part.loss += loss
+            gap += gaps[k]
+    logs = log1p(s)
+    loss = xent_loss(m, xr[y], logs, wy, A.W, A.eps, C, gap)
+    coef = (1.0 - A.eps) * wy + A.eps * A.W / C
+    if A.zl != 0.0:
+        lse = <double>m + logs
+        z = A.zl * lse * lse
+        loss = loss + z
+        coef = coef + 2.0 * A.zl * lse
+    if gr != NULL:
+        coef = gs * coef / (1.0 + s)
+        cw = gs * A.eps / C
+        for k in prange(nseg, schedule="static", num_threads=n_threads):
+            lo = k * FX_SEG
+            row_grad(xr + lo, gr + lo, min(C - lo, <Py_ssize_t>FX_SEG), m, <floating>coef,
+                     <floating>cw, A.w + lo if A.w != NULL else NULL)
+        gr[y] = gr[y] - <floating>(gs * (1.0 - A.eps) * wy)
+    _emit(A, lp, i, loss, z, part)
 
 
 cdef inline void _part_init(Part *p) noexcept nogil:
     p.loss = 0.0
+    p.z = 0.0
     p.wsum = 0.0
     p.bad = -1
 
 
+cdef inline void _neumaier(double *total, double *comp, double v) noexcept nogil:
+    cdef double t = total[0] + v
+    if fabs(total[0]) >= fabs(v):
+        comp[0] += (total[0] - t) + v
+    else:
+        comp[0] += (v - t) + total[0]
+    total[0] = t
+
+
 cdef tuple _xent_run(const XentArgs *A, const label_t *tp, floating *lp,
                      Py_ssize_t rows_per_block, int n_threads):
-    cdef Py_ssize_t N = A.N, nb = (N + rows_per_block - 1) // rows_per_block, b, lo, hi, i, k
+    cdef Py_ssize_t N = A.N, nb = (N + rows_per_block - 1) // rows_per_block, b, lo, hi, i
     cdef Py_ssize_t nseg
     cdef Part one
     cdef Part *parts = &one
     cdef floating *ms = NULL
     cdef double *ss = NULL
     cdef double *gaps = NULL
-    cdef double total = 0.0, comp = 0.0, wsum = 0.0, t, v
+    cdef double total = 0.0, comp = 0.0, ztot = 0.0, zcomp = 0.0, wsum = 0.0
     cdef Py_ssize_t bad = -1
     _part_init(&one)
     if N == 0:
-        return (0.0, 0.0, -1)
-    if n_threads > 1 and N < n_threads and A.C > FX_SEG and A.x.cs == 1 and \
-            (A.g.base == NULL or A.g.cs == 1):
+        return (0.0, 0.0, 0.0, -1)
+    if n_threads > 1 and N < n_threads and A.C > FX_SEG and A.direct and A.p.base == NULL:
         nseg = (A.C + FX_SEG - 1) // FX_SEG
         ms = <floating *>malloc(nseg * sizeof(floating))
         ss = <double *>malloc(nseg * sizeof(double))
@@ -326,7 +439,7 @@ cdef tuple _xent_run(const XentArgs *A, const label_t *tp, floating *lp,
             for i in range(N):
                 _xent_split_row(A, tp, lp, i, &one, ms, ss, gaps, n_threads)
         free(ms); free(ss); free(gaps)
-        return (one.loss, one.wsum, one.bad)
+        return (one.loss, one.z, one.wsum, one.bad)
     if nb > 1:
         parts = <Part *>malloc(nb * sizeof(Part))
         if parts == NULL:
@@ -343,53 +456,65 @@ cdef tuple _xent_run(const XentArgs *A, const label_t *tp, floating *lp,
                 lo = b * rows_per_block
                 hi = min(lo + rows_per_block, N)
                 _xent_rows(A, tp, lp, lo, hi, &parts[b])
-        # combine in block order; compensated (Neumaier) so that a mean over 1e7+ rows is
-        # accurate to the last bits of a double
+        # combine in block order, compensated (Neumaier): a mean over 1e7+ rows is accurate
+        # to the last bits of a double, and identical for every thread count
         for b in range(nb):
-            v = parts[b].loss
-            t = total + v
-            if fabs(total) >= fabs(v):
-                comp += (total - t) + v
-            else:
-                comp += (v - t) + total
-            total = t
+            _neumaier(&total, &comp, parts[b].loss)
+            _neumaier(&ztot, &zcomp, parts[b].z)
             wsum += parts[b].wsum
             if bad < 0 and parts[b].bad >= 0:
                 bad = parts[b].bad
     if parts != &one:
         free(parts)
-    return (total + comp if comp == comp else total, wsum, bad)
+    return (total + comp if comp == comp else total, ztot + zcomp if zcomp == zcomp else ztot,
+            wsum, bad)
 
 
-def xent(x, target, weight, double W, Py_ssize_t ignore_index, double eps, double gscale,
-         row_scale, loss_out, grad_out, Py_ssize_t rows_per_block, int n_threads):
-    """Fused cross-entropy (+ gradient when ``grad_out`` is not None) over the rows of the
-    2-D float32/float64 array ``x``; ``target`` is int32 or int64; ``weight`` and
-    ``row_scale`` are None or contiguous float64; ``loss_out`` None or contiguous (N,) of
-    x's dtype; ``grad_out`` None, ``x`` itself (in place) or an (N, C) array of x's dtype.
+def xent(x, target, probs, weight, double W, Py_ssize_t ignore_index, double eps, double zl,
+         double scale, double cap, double lscale, double gscale, row_scale, loss_out, z_out,
+         grad_out, Py_ssize_t rows_per_block, int n_threads):
+    """Fused cross-entropy (+ gradient when ``grad_out`` is not None) over the rows of ``x``.
 
-    Returns (sum of row losses, sum of w[y] over non-ignored rows, first bad row or -1).
+    x: (N, C) or (A, D, C) view (N = A*D rows) of float32/float64/float16/bfloat16 logits;
+    target: contiguous int32/int64 (N,) labels, or None with ``probs`` (soft targets) of x's
+    row layout; weight / row_scale: None or contiguous float64; loss_out / z_out: None or
+    contiguous (N,) of the kernel dtype (float64 for float64 logits, else float32);
+    grad_out: None, ``x`` itself (in place) or an array of x's row layout.
+
+    Returns (sum of row losses, sum of z-loss terms, sum of w[y] over non-ignored rows (rows
+    for soft targets), first bad row or -1); sums are not multiplied by ``lscale``.
     """
     cdef XentArgs A
-    cdef int xt = cnp.PyArray_TYPE(<cnp.ndarray>x), tt = cnp.PyArray_TYPE(<cnp.ndarray>target)
-    A.x = _view2(x)
-    A.g = _view2(grad_out)
+    A.x = _arr(x)
+    A.g = _arr(grad_out)
+    A.p = _arr(probs)
     A.t = _data(target)
-    A.ts = _stride0(target)
+    A.ts = _stride0(target) if target is not None else 0
     A.N = cnp.PyArray_DIM(<cnp.ndarray>x, 0)
-    A.C = cnp.PyArray_DIM(<cnp.ndarray>x, 1)
+    if cnp.PyArray_NDIM(<cnp.ndarray>x) == 3:
+        A.N = A.N * cnp.PyArray_DIM(<cnp.ndarray>x, 1)
+    A.C = cnp.PyArray_DIM(<cnp.ndarray>x, cnp.PyArray_NDIM(<cnp.ndarray>x) - 1)
     A.w = <const double *>_data(weight)
     A.W = W
     A.ignore_index = ignore_index
     A.eps = eps
+    A.zl = zl
+    A.scale = scale
+    A.cap = cap
+    A.lscale = lscale
     A.gscale = gscale
     A.row_scale = <const double *>_data(row_scale)
     A.loss_out = _data(loss_out)
-    if xt == cnp.NPY_FLOAT32:
-        if tt == cnp.NPY_INT64:
+    A.z_out = _data(z_out)
+    cdef int kdt = FX_DT_F64 if A.x.dt == FX_DT_F64 else FX_DT_F32
+    A.direct = (_direct(&A.x, kdt) and _direct(&A.g, kdt) and _direct(&A.p, kdt)
+                and scale == 1.0 and cap == 0.0)
+    cdef bint i64 = target is None or cnp.PyArray_TYPE(<cnp.ndarray>target) == cnp.NPY_INT64
+    if kdt == FX_DT_F32:
+        if i64:
             return _xent_run(&A, <const int64_t *>NULL, <float *>A.loss_out, rows_per_block, n_threads)
         return _xent_run(&A, <const int32_t *>NULL, <float *>A.loss_out, rows_per_block, n_threads)
-    if tt == cnp.NPY_INT64:
+    if i64:
         return _xent_run(&A, <const int64_t *>NULL, <double *>A.loss_out, rows_per_block, n_threads)
     return _xent_run(&A, <const int32_t *>NULL, <double *>A.loss_out, rows_per_block, n_threads)
 
@@ -441,17 +566,18 @@ cdef void _lse_block(View2 xv, View2 ov, Py_ssize_t C, Py_ssize_t lo, Py_ssize_t
             xr = buf
         if mode == 0:
             if row_stats(xr, C, &m, &s):
-                lse_out[i] = <floating>NAN
+                # as torch.logsumexp / scipy: NaN row -> NaN, +inf -> +inf, all -inf -> -inf
+                lse_out[i] = <floating>(NAN if s != s else (INFINITY if m > 0 else -INFINITY))
             else:
-                lse_out[i] = <floating>(<double>m + log(s))
+                lse_out[i] = <floating>(<double>m + log1p(s))
             continue
         orow = buf if gather else <floating *>(ov.base + i * ov.rs)
         if row_stats(xr, C, &m, &s):
             row_fill(orow, C, <floating>NAN)
         elif mode == 1:
-            row_shift(xr, orow, C, m, <floating>log(s))
+            row_shift(xr, orow, C, m, <floating>log1p(s))
         else:
-            row_grad(xr, orow, C, m, <floating>(1.0 / s), 0, NULL)
+            row_grad(xr, orow, C, m, <floating>(1.0 / (1.0 + s)), 0, NULL)
         if gather:
             row_scatter(buf, C, <floating *>(ov.base + i * ov.rs), ov.cs)
     if buf != NULL:

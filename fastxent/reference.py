@@ -220,15 +220,15 @@ def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, r
     elif reduction == "none" and g.shape == (n,):
         scale = g.copy()
     else:
-        raise ValueError(f"grad_output: expected a scalar{' or shape (%d,)' % n if reduction == 'none' else ''}"
-                         f" for reduction={reduction!r}, got shape {g.shape}")
+        want = f"a scalar or shape ({n},)" if reduction == "none" else "a scalar"
+        raise ValueError(f"grad_output: expected {want} for reduction={reduction!r}, got shape {g.shape}")
     if out is not None:
         if not isinstance(out, np.ndarray) or out.shape != (n, c) or out.dtype != dt:
             raise ValueError(f"out: expected an array of shape {(n, c)} and dtype {dt}")
         if not out.flags.writeable:
             raise ValueError("out: array is read-only")
     if inplace and not logits.flags.writeable:
-        raise ValueError("inplace: logits is read-only")
+        raise ValueError("logits: inplace=True needs a writeable array")
 
     with np.errstate(all="ignore"):
         if reduction == "mean":

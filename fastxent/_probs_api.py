@@ -1,0 +1,2 @@
+"""Probability-space members of the cross-entropy family (filled in by the family's kernels)."""
+__all__ = []
