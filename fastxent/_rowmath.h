@@ -110,6 +110,12 @@ static inline double fx_exp(double x)
  * the end of a block, so a short row pays a few cycles, not a 16-step serial chain.
  */
 #define FX_LANES 16
+#if defined(__GNUC__) || defined(__clang__)
+#define FX_PREFETCH(p) __builtin_prefetch((p), 0, 3)
+#else
+#define FX_PREFETCH(p) ((void)0)
+#endif
+#define FX_CHUNK 128
 #define FX_DEFINE_ROW_STATS(NAME, T, EXP, NEG_INF)                                      \
 static inline int NAME(const T *x, ptrdiff_t n, T *m_out, double *s_out)                 \
 {                                                                                       \
@@ -155,19 +161,44 @@ static inline int NAME(const T *x, ptrdiff_t n, T *m_out, double *s_out)        
         if (mn == NEG_INF) continue;                                                    \
         /* the maximum's own exp(0) = 1 terms are counted apart (cnt), so that t holds    \
          * the rest of the sum to full relative precision (tiny losses stay exact) */    \
-        for (i = 0; i + FX_LANES <= len; i += FX_LANES) {                               \
+        /* FX_CHUNK elements are summed in T per lane (FX_CHUNK/FX_LANES terms each, a    \
+         * few ulp), then added into the double accumulators */                         \
+        for (i = 0; i + FX_CHUNK <= len; i += FX_CHUNK) {                               \
+            T fa[FX_LANES], fc[FX_LANES];                                               \
+            /* fetch the next block from memory while this one is computed */           \
+            if (b + FX_BLOCK + i + FX_CHUNK <= n)                                       \
+                for (ptrdiff_t q = 0; q < FX_CHUNK; q += 64 / (ptrdiff_t)sizeof(T))     \
+                    FX_PREFETCH(xb + FX_BLOCK + i + q);                                 \
+            FX_SIMD                                                                     \
+            for (j = 0; j < FX_LANES; j++) {                                            \
+                T a_ = 0, c_ = 0;                                                       \
+                for (int u = 0; u < FX_CHUNK / FX_LANES; u++) {                         \
+                    T d = xb[i + u * FX_LANES + j] - mn;                                \
+                    T e = EXP(d);                                                       \
+                    a_ += d == 0 ? (T)0 : e;                                            \
+                    c_ += d == 0 ? (T)1 : (T)0;                                         \
+                }                                                                       \
+                fa[j] = a_;                                                             \
+                fc[j] = c_;                                                             \
+            }                                                                           \
+            FX_SIMD                                                                     \
+            for (j = 0; j < FX_LANES; j++) { acc[j] += (double)fa[j]; cnt[j] += (double)fc[j]; } \
+        }                                                                               \
+        for (; i + FX_LANES <= len; i += FX_LANES) {                                    \
             FX_SIMD                                                                     \
             for (j = 0; j < FX_LANES; j++) {                                            \
                 T d = xb[i + j] - mn;                                                   \
-                double e = (double)EXP(d);                                              \
-                acc[j] += d == 0 ? 0.0 : e;                                             \
-                cnt[j] += d == 0 ? 1.0 : 0.0;                                           \
+                T e = EXP(d);                                                           \
+                T keep = d == 0 ? (T)0 : e;                                             \
+                T one = d == 0 ? (T)1 : (T)0;                                           \
+                acc[j] += (double)keep;                                                 \
+                cnt[j] += (double)one;                                                  \
             }                                                                           \
         }                                                                               \
         for (j = 0; i + j < len; j++) {                                                 \
             T d = xb[i + j] - mn;                                                       \
-            double e = (double)EXP(d);                                                  \
-            acc[j] += d == 0 ? 0.0 : e;                                                 \
+            T e = EXP(d);                                                               \
+            acc[j] += d == 0 ? 0.0 : (double)e;                                         \
             cnt[j] += d == 0 ? 1.0 : 0.0;                                               \
         }                                                                               \
         for (w = FX_LANES / 2; w > 0; w /= 2)                                           \
@@ -268,6 +299,61 @@ static inline void NAME(const T *x, T *g, ptrdiff_t n, T m, T a, T c, const doub
 }
 FX_DEFINE_ROW_GRAD(fx_row_grad_f32, float, fx_expf)
 FX_DEFINE_ROW_GRAD(fx_row_grad_f64, double, fx_exp)
+
+/*
+ * The same gradient row written with non-temporal (streaming) stores: for a gradient much
+ * larger than the caches, written once and not read back soon, this saves the read of every
+ * destination line that a normal store costs (about a third of the memory traffic of loss +
+ * gradient into a caller's out= buffer).  Computed FX_CHUNK elements at a time into an L1
+ * buffer by the vectorised fx_row_grad, then streamed out.
+ */
+#if defined(__AVX512F__) || defined(__AVX__)
+#include <immintrin.h>
+#define FX_HAVE_STREAM 1
+#else
+#define FX_HAVE_STREAM 0
+#endif
+static inline void fx_stream_copy(void *dst, const void *src, ptrdiff_t bytes)
+{
+#if defined(__AVX512F__)
+    for (ptrdiff_t i = 0; i < bytes; i += 64)
+        _mm512_stream_si512((__m512i *)((char *)dst + i), _mm512_load_si512((const char *)src + i));
+#elif defined(__AVX__)
+    for (ptrdiff_t i = 0; i < bytes; i += 32)
+        _mm256_stream_si256((__m256i *)((char *)dst + i), _mm256_load_si256((const __m256i *)((const char *)src + i)));
+#else
+    memcpy(dst, src, (size_t)bytes);
+#endif
+}
+
+#define FX_DEFINE_ROW_GRAD_STREAM(NAME, GRAD, T)                                        \
+static inline void NAME(const T *x, T *g, ptrdiff_t n, T m, T a, T c, const double *w)   \
+{                                                                                       \
+    T buf[FX_CHUNK] __attribute__((aligned(64)));                                      \
+    ptrdiff_t i = 0;                                                                    \
+    /* head: up to the first 64-byte aligned element of g */                            \
+    ptrdiff_t head = (ptrdiff_t)(((64 - ((uintptr_t)g & 63)) & 63) / sizeof(T));        \
+    if (!FX_HAVE_STREAM || ((uintptr_t)g % sizeof(T)) || head >= n) {                   \
+        GRAD(x, g, n, m, a, c, w);                                                      \
+        return;                                                                         \
+    }                                                                                   \
+    GRAD(x, g, head, m, a, c, w);                                                       \
+    for (i = head; i + FX_CHUNK <= n; i += FX_CHUNK) {                                  \
+        GRAD(x + i, buf, FX_CHUNK, m, a, c, w ? w + i : NULL);                          \
+        fx_stream_copy(g + i, buf, FX_CHUNK * (ptrdiff_t)sizeof(T));                    \
+    }                                                                                   \
+    GRAD(x + i, g + i, n - i, m, a, c, w ? w + i : NULL);                               \
+}
+FX_DEFINE_ROW_GRAD_STREAM(fx_row_grad_stream_f32, fx_row_grad_f32, float)
+FX_DEFINE_ROW_GRAD_STREAM(fx_row_grad_stream_f64, fx_row_grad_f64, double)
+
+/* after streaming stores, before the data is handed to another thread or returned */
+static inline void fx_store_fence(void)
+{
+#if FX_HAVE_STREAM
+    _mm_sfence();
+#endif
+}
 
 /* y = (x - m) - ls: log-softmax with ls = log(s); x - m is exact near the max */
 #define FX_DEFINE_ROW_SHIFT(NAME, T)                                                    \
@@ -716,3 +802,260 @@ static inline const char *fx_simd_level(void)
 }
 
 #endif /* FASTXENT_ROWMATH_H */
+
+/* =====================================================================================
+ * probability family  (fastxent/_probs.pyx; owned by the probability-family kernels)
+ *
+ * Element functions valid for every input, and the loops over contiguous chunks of the
+ * probability-space losses.  Each loop sums its terms in double (`omp simd reduction`, a fixed
+ * order for a given build, independent of the thread count) and ORs an "invalid input" flag.
+ *   fx_plog*    log(x) for every x: 0 -> -inf, subnormals exact, +inf -> +inf, x < 0 / NaN -> NaN
+ *   fx_pexp*    exp(x) for every x (overflow -> +inf; below the smallest normal -> 0)
+ *   fx_plog1p*  log1p(u) for every u (-1 -> -inf, u < -1 -> NaN)
+ * ===================================================================================== */
+#ifndef FASTXENT_ROWMATH_PROBS_H
+#define FASTXENT_ROWMATH_PROBS_H
+
+static inline float fx_plogf(float x)
+{
+    int sub = x < 1.17549435e-38f;                  /* subnormal (also 0, negative) */
+    float r = fx_logf(sub ? x * 8388608.0f : x);    /* 2^23 */
+    r = sub ? r - 15.9423851528787421f : r;         /* 23 ln 2 */
+    r = x > 0.0f ? r : (x == 0.0f ? -INFINITY : NAN);
+    return x == INFINITY ? x : r;
+}
+
+static inline double fx_plog(double x)
+{
+    int sub = x < 2.2250738585072014e-308;
+    double r = fx_log(sub ? x * 4503599627370496.0 : x);   /* 2^52 */
+    r = sub ? r - 36.043653389117154 : r;                   /* 52 ln 2 */
+    r = x > 0.0 ? r : (x == 0.0 ? -(double)INFINITY : (double)NAN);
+    return x == (double)INFINITY ? x : r;
+}
+
+/* fx_expf is valid up to 88: above, exp(x) = exp(x / 2)^2 (x / 2 is exact) */
+static inline float fx_pexpf(float x)
+{
+    int hi = x > 88.0f;
+    float y = fx_expf(hi ? x * 0.5f : x);
+    y = hi ? y * y : y;
+    return x > 88.7228394f ? INFINITY : y;
+}
+
+static inline double fx_pexp(double x)
+{
+    int hi = x > 709.0;
+    double y = fx_exp(hi ? x * 0.5 : x);
+    y = hi ? y * y : y;
+    return x > 709.782712893384 ? (double)INFINITY : y;
+}
+
+/* log1p(u) = log(w) * u / (w - 1), w = 1 + u: corrects the rounding of 1 + u (Goldberg) */
+static inline float fx_plog1pf(float u)
+{
+    float w = 1.0f + u;
+    float l = fx_plogf(w) * (u / (w - 1.0f));
+    l = w == 1.0f ? u : l;
+    return u == INFINITY ? u : l;
+}
+
+static inline double fx_plog1p(double u)
+{
+    double w = 1.0 + u;
+    double l = fx_plog(w) * (u / (w - 1.0));
+    l = w == 1.0 ? u : l;
+    return u == (double)INFINITY ? u : l;
+}
+
+/* ------------------------------------------------ rows of probabilities (n contiguous)
+ * xlogq:  sum p * log(clip(q, lo, hi)), a term is 0 where p == 0; bad: p < 0 or q < 0.
+ * xlogq_grad: g = a * p / q where lo <= q <= hi and p != 0, else 0 (the clip's derivative);
+ *             NaN q or p gives NaN.
+ * xlogx:  sum p * log(p), 0 log 0 = 0; bad: p < 0.
+ * kl:     sum p * (log p - log q) (0 where p == 0); mode bit 1: q holds log q, bit 2: p holds
+ *         log p (then p = exp(lp)); bad: a negative probability given as a probability. */
+#define FX_DEFINE_PROBS_ROWS(SFX, T, LOG, EXP)                                          \
+static inline double fx_xlogq_##SFX(const T *p, const T *q, ptrdiff_t n, T lo, T hi,     \
+                                   int *bad)                                            \
+{                                                                                       \
+    double acc = 0.0;                                                                   \
+    int b = 0;                                                                          \
+    FX_PRAGMA(omp simd reduction(+:acc) reduction(|:b))                                 \
+    for (ptrdiff_t i = 0; i < n; i++) {                                                 \
+        T pi = p[i], qi = q[i];                                                         \
+        b |= (pi < 0) | (qi < 0);                                                       \
+        T qc = qi < lo ? lo : qi;                                                       \
+        qc = qc > hi ? hi : qc;                                                         \
+        double t = (double)pi * (double)LOG(qc);                                        \
+        acc += pi == 0 ? 0.0 : t;                                                       \
+    }                                                                                   \
+    *bad |= b;                                                                          \
+    return acc;                                                                         \
+}                                                                                       \
+static inline void fx_xlogq_grad_##SFX(const T *p, const T *q, ptrdiff_t n, T lo, T hi,  \
+                                       T a, T *g)                                       \
+{                                                                                       \
+    FX_SIMD                                                                             \
+    for (ptrdiff_t i = 0; i < n; i++) {                                                 \
+        T pi = p[i], qi = q[i];                                                         \
+        T v = a * pi / qi;                                                              \
+        g[i] = (qi < lo) | (qi > hi) | (pi == 0) ? (T)0 : v;                            \
+    }                                                                                   \
+}                                                                                       \
+static inline double fx_xlogx_##SFX(const T *p, ptrdiff_t n, int *bad)                   \
+{                                                                                       \
+    double acc = 0.0;                                                                   \
+    int b = 0;                                                                          \
+    FX_PRAGMA(omp simd reduction(+:acc) reduction(|:b))                                 \
+    for (ptrdiff_t i = 0; i < n; i++) {                                                 \
+        T pi = p[i];                                                                    \
+        b |= pi < 0;                                                                    \
+        double t = (double)pi * (double)LOG(pi);                                        \
+        acc += pi == 0 ? 0.0 : t;                                                       \
+    }                                                                                   \
+    *bad |= b;                                                                          \
+    return acc;                                                                         \
+}                                                                                       \
+static inline double fx_kl_##SFX(const T *p, const T *q, ptrdiff_t n, int mode, int *bad) \
+{                                                                                       \
+    double acc = 0.0;                                                                   \
+    int b = 0;                                                                          \
+    if (mode == 0) {                                                                    \
+        FX_PRAGMA(omp simd reduction(+:acc) reduction(|:b))                             \
+        for (ptrdiff_t i = 0; i < n; i++) {                                             \
+            T pi = p[i], qi = q[i];                                                     \
+            b |= (pi < 0) | (qi < 0);                                                   \
+            double t = (double)pi * ((double)LOG(pi) - (double)LOG(qi));                \
+            acc += pi == 0 ? 0.0 : t;                                                   \
+        }                                                                               \
+    } else if (mode == 1) {                                                             \
+        FX_PRAGMA(omp simd reduction(+:acc) reduction(|:b))                             \
+        for (ptrdiff_t i = 0; i < n; i++) {                                             \
+            T pi = p[i];                                                                \
+            b |= pi < 0;                                                                \
+            double t = (double)pi * ((double)LOG(pi) - (double)q[i]);                   \
+            acc += pi == 0 ? 0.0 : t;                                                   \
+        }                                                                               \
+    } else if (mode == 2) {                                                             \
+        FX_PRAGMA(omp simd reduction(+:acc) reduction(|:b))                             \
+        for (ptrdiff_t i = 0; i < n; i++) {                                             \
+            T lp = p[i], qi = q[i];                                                     \
+            T pe = EXP(lp);                                                             \
+            b |= qi < 0;                                                                \
+            double t = (double)pe * ((double)lp - (double)LOG(qi));                     \
+            acc += pe == 0 ? 0.0 : t;                                                   \
+        }                                                                               \
+    } else {                                                                            \
+        FX_PRAGMA(omp simd reduction(+:acc))                                            \
+        for (ptrdiff_t i = 0; i < n; i++) {                                             \
+            T lp = p[i];                                                                \
+            T pe = EXP(lp);                                                             \
+            double t = (double)pe * ((double)lp - (double)q[i]);                        \
+            acc += pe == 0 ? 0.0 : t;                                                   \
+        }                                                                               \
+    }                                                                                   \
+    *bad |= b;                                                                          \
+    return acc;                                                                         \
+}
+FX_DEFINE_PROBS_ROWS(f32, float, fx_plogf, fx_pexpf)
+FX_DEFINE_PROBS_ROWS(f64, double, fx_plog, fx_pexp)
+
+/* ------------------------------------------------ binary cross-entropy (n contiguous)
+ * On probabilities, as torch:  l = w * ((y - 1) * max(log1p(-p), -100) - y * max(log p, -100)),
+ *   bad: p or y outside [0, 1] (NaN included);  grad = f * (p - y) / max((1 - p) p, 1e-12).
+ * On logits, the stable form  l = w * ((1 - y) sp(x) + pw y sp(-x)),  sp(x) = log(1 + e^x)
+ *   = max(x, 0) + log1p(e^-|x|) (one exp and one log per element, no overflow for any x; a term
+ *   whose coefficient is 0 is 0, so infinite logits give the loss's limit);
+ *   grad = f * ((1 - y) sigmoid(x) - pw y sigmoid(-x)).  pw == NULL: pos_weight 1.
+ * The loss of each element, times ls, is stored in loss[i]; the sum (unscaled) is returned.
+ * f is the gradient factor (weight * grad_output); g may alias p / x. */
+#define FX_DEFINE_BINARY(SFX, T, LOG, LOG1P, EXP)                                       \
+static inline double fx_bce_##SFX(const T *p, const T *y, const T *w, ptrdiff_t n, T ls,  \
+                                  T *loss, int *bad)                                    \
+{                                                                                       \
+    double acc = 0.0;                                                                   \
+    int b = 0;                                                                          \
+    FX_PRAGMA(omp simd reduction(+:acc) reduction(|:b))                                 \
+    for (ptrdiff_t i = 0; i < n; i++) {                                                 \
+        T pi = p[i], yi = y[i];                                                         \
+        b |= !((pi >= 0) & (pi <= 1) & (yi >= 0) & (yi <= 1));                          \
+        T lp = LOG(pi), lq = LOG1P(-pi);                                                \
+        lp = lp > (T)-100 ? lp : (T)-100;                                               \
+        lq = lq > (T)-100 ? lq : (T)-100;                                               \
+        T l = w[i] * ((yi - 1) * lq - yi * lp);                                         \
+        loss[i] = l * ls;                                                               \
+        acc += (double)l;                                                               \
+    }                                                                                   \
+    *bad |= b;                                                                          \
+    return acc;                                                                         \
+}                                                                                       \
+static inline void fx_bce_grad_##SFX(const T *p, const T *y, const T *f, ptrdiff_t n,     \
+                                     T gs, T *g)                                        \
+{                                                                                       \
+    FX_SIMD                                                                             \
+    for (ptrdiff_t i = 0; i < n; i++) {                                                 \
+        T pi = p[i];                                                                    \
+        T d = (1 - pi) * pi;                                                            \
+        d = d > (T)1e-12 ? d : (T)1e-12;                                                \
+        g[i] = gs * f[i] * (pi - y[i]) / d;                                             \
+    }                                                                                   \
+}                                                                                       \
+static inline double fx_bcel_##SFX(const T *x, const T *y, const T *w, const T *pw,       \
+                                   ptrdiff_t n, T ls, T *loss)                          \
+{                                                                                       \
+    double acc = 0.0;                                                                   \
+    if (pw == NULL) {                                                                   \
+        FX_SIMD_SUM(acc)                                                                \
+        for (ptrdiff_t i = 0; i < n; i++) {                                             \
+            T xi = x[i], yi = y[i];                                                     \
+            T ax = xi < 0 ? -xi : xi;                                                   \
+            T l1 = LOG1P(EXP(-ax));                                                     \
+            T spp = (xi > 0 ? xi : (T)0) + l1, spn = (xi < 0 ? -xi : (T)0) + l1;        \
+            T a = 1 - yi;                                                               \
+            T l = w[i] * ((a == 0 ? (T)0 : a * spp) + (yi == 0 ? (T)0 : yi * spn));     \
+            loss[i] = l * ls;                                                           \
+            acc += (double)l;                                                           \
+        }                                                                               \
+    } else {                                                                            \
+        FX_SIMD_SUM(acc)                                                                \
+        for (ptrdiff_t i = 0; i < n; i++) {                                             \
+            T xi = x[i], yi = y[i];                                                     \
+            T ax = xi < 0 ? -xi : xi;                                                   \
+            T l1 = LOG1P(EXP(-ax));                                                     \
+            T spp = (xi > 0 ? xi : (T)0) + l1, spn = (xi < 0 ? -xi : (T)0) + l1;        \
+            T a = 1 - yi, c = pw[i] * yi;                                               \
+            T l = w[i] * ((a == 0 ? (T)0 : a * spp) + (c == 0 ? (T)0 : c * spn));       \
+            loss[i] = l * ls;                                                           \
+            acc += (double)l;                                                           \
+        }                                                                               \
+    }                                                                                   \
+    return acc;                                                                         \
+}                                                                                       \
+static inline void fx_bcel_grad_##SFX(const T *x, const T *y, const T *f, const T *pw,    \
+                                      ptrdiff_t n, T gs, T *g)                          \
+{                                                                                       \
+    if (pw == NULL) {                                                                   \
+        FX_SIMD                                                                         \
+        for (ptrdiff_t i = 0; i < n; i++) {                                             \
+            T xi = x[i], yi = y[i];                                                     \
+            T ax = xi < 0 ? -xi : xi;                                                   \
+            T e = EXP(-ax), s = 1 / (1 + e);                                            \
+            T sp = xi >= 0 ? s : e * s, sn = xi >= 0 ? e * s : s;                       \
+            g[i] = gs * f[i] * ((1 - yi) * sp - yi * sn);                               \
+        }                                                                               \
+    } else {                                                                            \
+        FX_SIMD                                                                         \
+        for (ptrdiff_t i = 0; i < n; i++) {                                             \
+            T xi = x[i], yi = y[i];                                                     \
+            T ax = xi < 0 ? -xi : xi;                                                   \
+            T e = EXP(-ax), s = 1 / (1 + e);                                            \
+            T sp = xi >= 0 ? s : e * s, sn = xi >= 0 ? e * s : s;                       \
+            g[i] = gs * f[i] * ((1 - yi) * sp - pw[i] * yi * sn);                       \
+        }                                                                               \
+    }                                                                                   \
+}
+FX_DEFINE_BINARY(f32, float, fx_plogf, fx_plog1pf, fx_expf)
+FX_DEFINE_BINARY(f64, double, fx_plog, fx_plog1p, fx_exp)
+
+#endif /* FASTXENT_ROWMATH_PROBS_H  (end of the probability family) */

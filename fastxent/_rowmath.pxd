@@ -46,6 +46,9 @@ cdef extern from "_rowmath.h" nogil:
     double fx_row_gap_f64(const double *x, Py_ssize_t n, double m, const double *w)
     void fx_row_grad_f32(const float *x, float *g, Py_ssize_t n, float m, float a, float c, const double *w)
     void fx_row_grad_f64(const double *x, double *g, Py_ssize_t n, double m, double a, double c, const double *w)
+    void fx_row_grad_stream_f32(const float *x, float *g, Py_ssize_t n, float m, float a, float c, const double *w)
+    void fx_row_grad_stream_f64(const double *x, double *g, Py_ssize_t n, double m, double a, double c, const double *w)
+    void fx_store_fence()
     void fx_row_shift_f32(const float *x, float *y, Py_ssize_t n, float m, float ls)
     void fx_row_shift_f64(const double *x, double *y, Py_ssize_t n, double m, double ls)
     void fx_row_fill_f32(float *y, Py_ssize_t n, float v)
@@ -93,6 +96,15 @@ cdef inline void row_grad(const floating *x, floating *g, Py_ssize_t n, floating
         fx_row_grad_f32(x, g, n, m, a, c, w)
     else:
         fx_row_grad_f64(x, g, n, m, a, c, w)
+
+
+cdef inline void row_grad_stream(const floating *x, floating *g, Py_ssize_t n, floating m,
+                                 floating a, floating c, const double *w) noexcept nogil:
+    """row_grad with non-temporal stores (g must not alias x)."""
+    if floating is float:
+        fx_row_grad_stream_f32(x, g, n, m, a, c, w)
+    else:
+        fx_row_grad_stream_f64(x, g, n, m, a, c, w)
 
 
 cdef inline void row_shift(const floating *x, floating *y, Py_ssize_t n, floating m, floating ls) noexcept nogil:
@@ -227,10 +239,11 @@ cdef inline void row_store(floating *g, const floating *z, Py_ssize_t n, double 
 
 cdef inline double row_xent(const floating *x, Py_ssize_t C, Py_ssize_t y, const floating *p,
                             double wy, const double *w, double W, double eps, double zl,
-                            double gs, floating *g, double *zterm) noexcept nogil:
+                            double gs, floating *g, double *zterm, bint stream) noexcept nogil:
     """Loss of one non-ignored row; hard label ``y`` (p NULL) or soft targets ``p`` (row of
     probabilities).  Writes the gradient into ``g`` unless it is NULL (``g`` may alias ``x``:
-    in-place gradient) and the z-loss part of the loss into ``zterm``.  A NaN row gives NaN.
+    in-place gradient) and the z-loss part of the loss into ``zterm``; ``stream``: write the
+    gradient with non-temporal stores (g must not alias x).  A NaN row gives NaN.
 
     soft:  loss = sum_c w_c p'_c (lse - x_c),  p' = (1-eps) p + eps/C
            grad = gs * (sum(w p') * softmax - w p')
@@ -260,9 +273,49 @@ cdef inline double row_xent(const floating *x, Py_ssize_t C, Py_ssize_t y, const
     zterm[0] = z
     if g != NULL:
         if p == NULL:
-            row_grad(x, g, C, m, <floating>(gs * coef / (1.0 + s)), <floating>(gs * eps / C), w)
+            if stream:
+                row_grad_stream(x, g, C, m, <floating>(gs * coef / (1.0 + s)), <floating>(gs * eps / C), w)
+            else:
+                row_grad(x, g, C, m, <floating>(gs * coef / (1.0 + s)), <floating>(gs * eps / C), w)
             g[y] = g[y] - <floating>(gs * (1.0 - eps) * wy)
         else:
             row_grad_soft(x, p, g, C, m, <floating>(gs * coef / (1.0 + s)), <floating>(gs * (1.0 - eps)),
                           <floating>(gs * eps / C), w)
     return loss
+
+
+# ==================================================================== probability family
+# Declarations of the "probability family" section at the end of _rowmath.h (used by _probs.pyx).
+cdef extern from "_rowmath.h" nogil:
+    float fx_plogf(float x)
+    double fx_plog(double x)
+    float fx_pexpf(float x)
+    double fx_pexp(double x)
+    float fx_plog1pf(float u)
+    double fx_plog1p(double u)
+    double fx_xlogq_f32(const float *p, const float *q, Py_ssize_t n, float lo, float hi, int *bad)
+    double fx_xlogq_f64(const double *p, const double *q, Py_ssize_t n, double lo, double hi, int *bad)
+    void fx_xlogq_grad_f32(const float *p, const float *q, Py_ssize_t n, float lo, float hi, float a,
+                           float *g)
+    void fx_xlogq_grad_f64(const double *p, const double *q, Py_ssize_t n, double lo, double hi,
+                           double a, double *g)
+    double fx_xlogx_f32(const float *p, Py_ssize_t n, int *bad)
+    double fx_xlogx_f64(const double *p, Py_ssize_t n, int *bad)
+    double fx_kl_f32(const float *p, const float *q, Py_ssize_t n, int mode, int *bad)
+    double fx_kl_f64(const double *p, const double *q, Py_ssize_t n, int mode, int *bad)
+    double fx_bce_f32(const float *p, const float *y, const float *w, Py_ssize_t n, float ls,
+                      float *loss, int *bad)
+    double fx_bce_f64(const double *p, const double *y, const double *w, Py_ssize_t n, double ls,
+                      double *loss, int *bad)
+    void fx_bce_grad_f32(const float *p, const float *y, const float *f, Py_ssize_t n, float gs,
+                         float *g)
+    void fx_bce_grad_f64(const double *p, const double *y, const double *f, Py_ssize_t n, double gs,
+                         double *g)
+    double fx_bcel_f32(const float *x, const float *y, const float *w, const float *pw, Py_ssize_t n,
+                       float ls, float *loss)
+    double fx_bcel_f64(const double *x, const double *y, const double *w, const double *pw,
+                       Py_ssize_t n, double ls, double *loss)
+    void fx_bcel_grad_f32(const float *x, const float *y, const float *f, const float *pw,
+                          Py_ssize_t n, float gs, float *g)
+    void fx_bcel_grad_f64(const double *x, const double *y, const double *f, const double *pw,
+                          Py_ssize_t n, double gs, double *g)

@@ -33,7 +33,7 @@ cimport numpy as cnp
 from fastxent._rowmath cimport (row_stats, row_gap, row_grad, row_shift, row_fill,
                                 row_gather, row_scatter, row_xent, xent_loss, xent_a,
                                 short_stats, short_grad, seg_stats, stats_merge, seg_gap,
-                                row_load, row_store, fx_simd_level, FX_SHORT_C, FX_SHORT_R,
+                                row_load, row_store, fx_store_fence, fx_simd_level, FX_SHORT_C, FX_SHORT_R,
                                 FX_SEG, FX_DT_F32, FX_DT_F64, FX_DT_F16, FX_DT_BF16)
 
 cnp.import_array()
@@ -52,6 +52,9 @@ cdef extern from *:
     int FX_HAVE_OPENMP
     int fx_omp_max_threads() nogil
 
+
+# gradients at least this large are written with non-temporal stores (the L3 here is 32 MiB)
+DEF STREAM_MIN_BYTES = 64 * 1024 * 1024
 
 ctypedef fused label_t:
     int32_t
@@ -183,6 +186,7 @@ cdef struct XentArgs:
     char *loss_out      # per-row losses (N,), contiguous, kernel dtype, or NULL
     char *z_out         # per-row z-loss terms (N,), contiguous, kernel dtype, or NULL
     bint direct         # x, g, p all usable in place (else the buffered path)
+    bint stream         # write the gradient with non-temporal stores (large, not in place)
 
 
 cdef struct Part:
@@ -326,13 +330,16 @@ cdef void _xent_rows(const XentArgs *A, const label_t *tp, floating *lp, Py_ssiz
                 row_load(_row(&A.p, i), A.p.cs, A.p.dt, C, 1.0, 0.0, pb)
                 pr = pb
             gr = gb
-        loss = row_xent(xr, C, y, pr, wy, A.w, A.W, A.eps, A.zl, gs, gr, &z)
+        loss = row_xent(xr, C, y, pr, wy, A.w, A.W, A.eps, A.zl, gs, gr, &z,
+                        A.stream and A.direct)
         if has_grad and not A.direct:
             row_store(gb, zb, C, A.scale, A.cap, _row(&A.g, i), A.g.cs, A.g.dt)
         _emit(A, lp, i, loss, z, part)
     free(zb)
     free(gb)
     free(pb)
+    if A.stream:
+        fx_store_fence()
 
 
 cdef void _xent_split_row(const XentArgs *A, const label_t *tp, floating *lp, Py_ssize_t i,
@@ -509,6 +516,9 @@ def xent(x, target, probs, weight, double W, Py_ssize_t ignore_index, double eps
     cdef int kdt = FX_DT_F64 if A.x.dt == FX_DT_F64 else FX_DT_F32
     A.direct = (_direct(&A.x, kdt) and _direct(&A.g, kdt) and _direct(&A.p, kdt)
                 and scale == 1.0 and cap == 0.0)
+    # streaming stores pay off when the gradient is far larger than the last-level cache
+    A.stream = (A.g.base != NULL and A.g.base != A.x.base
+                and A.N * A.C * A.g.isz >= STREAM_MIN_BYTES)
     cdef bint i64 = target is None or cnp.PyArray_TYPE(<cnp.ndarray>target) == cnp.NPY_INT64
     if kdt == FX_DT_F32:
         if i64:

@@ -5,9 +5,12 @@
     fastxent bench --full             the whole grid (shapes x f32/f64 x loss, loss+grad x threads)
     fastxent bench --json out.json --plot out.png --threads-scaling
     fastxent bench --report out.json  re-print a saved run, or a pytest-benchmark JSON from bench/
+    fastxent score LOGITS.npy LABELS.npy [--out LOSSES.npy] [--offsets OFFS.npy] [--base 2]
+                                      stream over memory-mapped logits: mean NLL, perplexity,
+                                      accuracy, throughput (also .npz, shard directories, --dask)
 
 Errors are one line on stderr and exit code 2.  Each subcommand is one ``_add_<name>`` function
-that registers its parser and handler; a ``score`` subcommand slots in the same way.
+that registers its parser and handler.
 """
 import argparse
 import os
@@ -103,8 +106,86 @@ def _add_bench(sub):
     p.set_defaults(func=_cmd_bench)
 
 
-# To add a subcommand (e.g. ``score``): write ``_add_score(sub)`` and list it here.
-_SUBCOMMANDS = (_add_bench, _add_info)
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _int(text):
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def _cmd_score(args):
+    from fastxent import score
+
+    options = dict(offsets=args.offsets, out=args.out, chunk_rows=args.chunk_rows,
+                   ignore_index=args.ignore_index, base=args.base, num_threads=args.threads,
+                   progress=not args.no_progress and sys.stderr.isatty())
+    try:
+        if args.dask:
+            from fastxent import dask as fxdask
+
+            summary = fxdask.score_files(args.logits, args.labels, address=args.dask, **options)
+        else:
+            summary = score.score_files(args.logits, args.labels, **options)
+    except score.ScoreError as exc:
+        raise CliError(str(exc)) from None
+    if args.json:
+        import json
+        print(json.dumps(summary.to_dict(), indent=1))
+    else:
+        print(summary.format())
+    return 0
+
+
+def _add_score(sub):
+    p = sub.add_parser(
+        "score", help="score stored logits: mean NLL, perplexity, bits per item, accuracy",
+        description="Stream over memory-mapped logits (N, C) and labels (N,) in row chunks, so "
+                    "inputs larger than RAM work, and print rows, mean NLL (nats and --base), "
+                    "perplexity, bits per item, top-1 accuracy and throughput. Inputs: two .npy "
+                    "files; one .npz holding 'logits' and 'labels' (or two .npz of one array); a "
+                    "directory of logits_<key>.npy + labels_<key>.npy shards (natural order of "
+                    "<key>); or two directories of .npy shards paired in natural order.")
+    p.add_argument("logits", metavar="LOGITS",
+                   help="logits .npy (N, C) float16/32/64, a .npz, or a directory of shards")
+    p.add_argument("labels", metavar="LABELS", nargs="?",
+                   help="labels .npy (N,) of integers (or .npz / directory); may be left out "
+                        "when LOGITS holds both")
+    p.add_argument("--out", metavar="FILE",
+                   help="write per-row losses (with --offsets: per-sequence summed losses, "
+                        "float64) to this .npy, in the unit of --base; written atomically")
+    p.add_argument("--offsets", metavar="FILE",
+                   help="sequence offsets .npy (S+1 integers, 0 .. N, like CSR row pointers): "
+                        "score ragged sequences laid end to end")
+    p.add_argument("--chunk-rows", metavar="K", type=_positive_int,
+                   help="rows per chunk (default: about 8 MiB of logits)")
+    p.add_argument("--threads", metavar="T", type=_positive_int,
+                   help="threads per chunk (default: OMP_NUM_THREADS or all cores)")
+    p.add_argument("--base", metavar="B",
+                   help="also report the mean NLL in this log base (2: bits); sets --out's unit")
+    p.add_argument("--ignore-index", metavar="I", type=_int, default=-100,
+                   help="rows with this label are not scored (default: -100)")
+    p.add_argument("--dask", metavar="ADDRESS",
+                   help="run on a dask.distributed cluster (scheduler address, e.g. "
+                        "tcp://scheduler:8786); the workers must see the same paths")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (shown only when stderr is a terminal and tqdm is "
+                        "installed)")
+    p.set_defaults(func=_cmd_score)
+
+
+# Each subcommand is one ``_add_<name>(sub)`` function, listed here.
+_SUBCOMMANDS = (_add_bench, _add_info, _add_score)
 
 
 def build_parser():

@@ -299,3 +299,17 @@ def test_mean_with_zero_total_weight_and_smoothing_is_nan(dtype):
     assert np.isnan(fastxent.cross_entropy(x, t, weight=w))
     assert np.isnan(fastxent.cross_entropy(x, t, weight=w, label_smoothing=0.2))
     assert np.isnan(fastxent.cross_entropy_with_grad(x, t, weight=w, label_smoothing=0.2)[0])
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("eps", [0.0, 0.2])
+def test_zero_weight_on_masked_target_is_nan_as_torch(eps, dtype):
+    """-w[y] * log p[y] with w[y] = 0 and log p[y] = -inf is 0 * inf = nan in torch; the gradient
+    of that row stays finite."""
+    x = np.array([[0.0, -np.inf, 1.0], [0.3, 0.2, 0.1]], dtype=dtype)
+    t = np.array([1, 0])
+    w = np.array([1.0, 0.0, 2.0])
+    loss, grad = fastxent.cross_entropy_with_grad(x, t, weight=w, reduction="none", label_smoothing=eps)
+    assert np.isnan(loss[0]) and np.isfinite(loss[1])
+    assert np.all(np.isfinite(grad))
+    assert np.isnan(fastxent.cross_entropy(x, t, weight=w, reduction="sum", label_smoothing=eps))

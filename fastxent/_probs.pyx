@@ -1,0 +1,542 @@
+# cython: language_level=3
+"""Layer 2 of fastxent: the probability-space kernels of the cross-entropy family.
+
+    _rowmath.h / _rowmath.pxd   element functions and chunk loops        <- layer 1
+                                ("probability family" section)
+    _probs.pyx (this file)      array kernels: rows / tiles -> threads   <- layer 2
+    _probs_api.py               validation, dtype/layout/threads, output <- layer 3
+    __init__.py                 the public names                         <- layer 4
+
+Two kinds of kernel, both reading the NumPy arrays' data pointers and strides directly (inputs
+are never written; the API layer has validated dtypes, shapes and strides):
+
+* ``rows``: cross-entropy from probabilities, entropy and KL divergence, per row along the class
+  axis.  The arrays are (rows, C) or (A, D, C) views (class axis last, any strides).  A row is
+  summed FX_SEG classes at a time, segment sums added in segment order; rows are grouped in
+  blocks of ``rows_per_block`` (chosen from C alone) spread over threads, each block's sum in its
+  own slot, slots combined in block order (compensated).  With fewer rows than threads and rows
+  longer than FX_SEG, one row's segments are spread over the threads instead: same numbers.
+* ``binary``: elementwise binary cross-entropy (on probabilities or logits).  Every operand is a
+  2-D (R, K) strided view of the broadcast shape (broadcast weights have zero strides); the flat
+  index space is cut into tiles of TILE elements, each tile's sum in its own slot.
+
+Contiguous runs are used in place, strided ones are gathered into CHUNK-element buffers (and
+the gradient scattered back).  Every result is bit-identical for any thread count.
+"""
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.stdint cimport int32_t, int64_t
+from libc.stdlib cimport malloc, free
+from libc.math cimport fabs, NAN
+
+cimport numpy as cnp
+
+from fastxent._rowmath cimport (FX_SEG, fx_plogf, fx_plog, fx_xlogq_f32, fx_xlogq_f64,
+                                fx_xlogq_grad_f32, fx_xlogq_grad_f64, fx_xlogx_f32, fx_xlogx_f64,
+                                fx_kl_f32, fx_kl_f64, fx_bce_f32, fx_bce_f64, fx_bce_grad_f32,
+                                fx_bce_grad_f64, fx_bcel_f32, fx_bcel_f64, fx_bcel_grad_f32,
+                                fx_bcel_grad_f64)
+
+cnp.import_array()
+
+cdef enum:
+    CHUNK = 512         # elements per chunk of the elementwise kernels (buffers stay in L1)
+    TILE = 16384        # elements per partial sum of the elementwise kernels
+
+OP_XENT = 0
+OP_ENTROPY = 1
+OP_KL = 2
+OP_BCE = 0
+OP_BCE_LOGITS = 1
+
+
+# ------------------------------------------------------------------ fused-type names
+cdef inline floating _plog(floating x) noexcept nogil:
+    if floating is float:
+        return fx_plogf(x)
+    else:
+        return fx_plog(x)
+
+
+cdef inline double _xlogq(const floating *p, const floating *q, Py_ssize_t n, double lo, double hi,
+                          int *bad) noexcept nogil:
+    if floating is float:
+        return fx_xlogq_f32(p, q, n, <float>lo, <float>hi, bad)
+    else:
+        return fx_xlogq_f64(p, q, n, lo, hi, bad)
+
+
+cdef inline void _xlogq_grad(const floating *p, const floating *q, Py_ssize_t n, double lo,
+                             double hi, double a, floating *g) noexcept nogil:
+    if floating is float:
+        fx_xlogq_grad_f32(p, q, n, <float>lo, <float>hi, <float>a, g)
+    else:
+        fx_xlogq_grad_f64(p, q, n, lo, hi, a, g)
+
+
+cdef inline double _xlogx(const floating *p, Py_ssize_t n, int *bad) noexcept nogil:
+    if floating is float:
+        return fx_xlogx_f32(p, n, bad)
+    else:
+        return fx_xlogx_f64(p, n, bad)
+
+
+cdef inline double _kl(const floating *p, const floating *q, Py_ssize_t n, int mode,
+                       int *bad) noexcept nogil:
+    if floating is float:
+        return fx_kl_f32(p, q, n, mode, bad)
+    else:
+        return fx_kl_f64(p, q, n, mode, bad)
+
+
+# ------------------------------------------------------------------ strided access
+cdef inline void _gather(const char *src, Py_ssize_t stride, Py_ssize_t n, floating *buf) noexcept nogil:
+    cdef Py_ssize_t j
+    for j in range(n):
+        buf[j] = (<const floating *>(src + j * stride))[0]
+
+
+cdef inline void _scatter(const floating *buf, Py_ssize_t n, char *dst, Py_ssize_t stride) noexcept nogil:
+    cdef Py_ssize_t j
+    for j in range(n):
+        (<floating *>(dst + j * stride))[0] = buf[j]
+
+
+cdef inline void _neumaier(double *total, double *comp, double v) noexcept nogil:
+    cdef double t = total[0] + v
+    if fabs(total[0]) >= fabs(v):
+        comp[0] += (total[0] - t) + v
+    else:
+        comp[0] += (v - t) + total[0]
+    total[0] = t
+
+
+cdef inline double _finish(double total, double comp) noexcept nogil:
+    return total + comp if comp == comp else total
+
+
+# ------------------------------------------------------------------ row kernels
+cdef struct PArr:
+    # a validated array seen as (rows, C): row i is (i // D, i % D) of an (A, D, C) view
+    char *base
+    Py_ssize_t s0, s1   # strides of the two row indices, bytes
+    Py_ssize_t D        # length of the inner row index (1 for a 2-D view)
+    Py_ssize_t cs       # class stride, bytes
+
+
+cdef inline PArr _parr(object a):
+    cdef PArr v
+    cdef cnp.ndarray arr
+    v.base = NULL
+    v.s0 = v.s1 = v.cs = 0
+    v.D = 1
+    if a is None:
+        return v
+    arr = <cnp.ndarray>a
+    v.base = <char *>cnp.PyArray_DATA(arr)
+    v.s0 = cnp.PyArray_STRIDE(arr, 0)
+    if cnp.PyArray_NDIM(arr) == 3:
+        v.s1 = cnp.PyArray_STRIDE(arr, 1)
+        v.D = cnp.PyArray_DIM(arr, 1)
+        v.cs = cnp.PyArray_STRIDE(arr, 2)
+    else:
+        v.cs = cnp.PyArray_STRIDE(arr, 1)
+    return v
+
+
+cdef inline char *_prow(const PArr *a, Py_ssize_t i) noexcept nogil:
+    if a.D == 1:
+        return a.base + i * a.s0
+    return a.base + (i // a.D) * a.s0 + (i % a.D) * a.s1
+
+
+cdef struct RowArgs:
+    PArr p              # targets / the distribution (base NULL: integer labels in t)
+    PArr q              # predictions (entropy: unused)
+    PArr g              # gradient out (cross-entropy only), base NULL: none
+    char *t             # integer labels (N,), contiguous, or NULL
+    bint t64            # labels are int64 (else int32)
+    Py_ssize_t N, C
+    int op              # OP_XENT, OP_ENTROPY, OP_KL
+    int mode            # KL: bit 1 q holds log q, bit 2 p holds log p
+    double lo, hi       # cross-entropy: q is clipped to [lo, hi]
+    double gscale       # gradient scale (grad_output / rows for "mean", / ln(base))
+    const double *row_scale   # per-row gradient scale (N,) or NULL
+    char *vals_out      # per-row values * lscale, contiguous (N,) of the kernel dtype, or NULL
+    double lscale       # 1 / ln(base)
+
+
+cdef inline const floating *_seg_ptr(const PArr *a, Py_ssize_t i, Py_ssize_t lo, Py_ssize_t n,
+                                     floating *buf) noexcept nogil:
+    cdef char *src = _prow(a, i) + lo * a.cs
+    if a.cs == sizeof(floating):
+        return <const floating *>src
+    _gather(src, a.cs, n, buf)
+    return buf
+
+
+cdef double _seg(const RowArgs *A, Py_ssize_t i, Py_ssize_t lo, Py_ssize_t n, floating *pb,
+                 floating *qb, floating *gb, int *bad) noexcept nogil:
+    """Row i, classes [lo, lo + n): its part of the row value (gradient written too)."""
+    cdef const floating *pp = _seg_ptr(&A.p, i, lo, n, pb)
+    cdef const floating *qp = NULL
+    cdef floating *gp
+    cdef char *grow
+    cdef double v, gs
+    if A.op == OP_ENTROPY:
+        return -_xlogx(pp, n, bad)
+    qp = _seg_ptr(&A.q, i, lo, n, qb)
+    if A.op == OP_KL:
+        return _kl(pp, qp, n, A.mode, bad)
+    v = -_xlogq(pp, qp, n, A.lo, A.hi, bad)
+    if A.g.base != NULL:
+        gs = A.gscale * (A.row_scale[i] if A.row_scale != NULL else 1.0)
+        grow = _prow(&A.g, i) + lo * A.g.cs
+        gp = <floating *>grow if A.g.cs == sizeof(floating) else gb
+        _xlogq_grad(pp, qp, n, A.lo, A.hi, -gs, gp)
+        if gp == gb:
+            _scatter(gb, n, grow, A.g.cs)
+    return v
+
+
+cdef double _label_row(const RowArgs *A, Py_ssize_t i, int *bad, floating *dummy) noexcept nogil:
+    """Cross-entropy of row i against its integer label: -log(clip(q[i, y]))."""
+    cdef Py_ssize_t y, c, C = A.C
+    cdef floating qv, qc
+    cdef double gs
+    cdef char *qrow = _prow(&A.q, i)
+    cdef char *grow = _prow(&A.g, i) if A.g.base != NULL else NULL
+    if A.t64:
+        y = <Py_ssize_t>(<const int64_t *>A.t)[i]
+    else:
+        y = <Py_ssize_t>(<const int32_t *>A.t)[i]
+    if grow != NULL:
+        if A.g.cs == sizeof(floating):
+            for c in range(C):
+                (<floating *>grow)[c] = 0
+        else:
+            for c in range(C):
+                (<floating *>(grow + c * A.g.cs))[0] = 0
+    if y < 0 or y >= C:
+        bad[0] = 1
+        return NAN
+    qv = (<const floating *>(qrow + y * A.q.cs))[0]
+    if qv < 0:
+        bad[0] = 1
+    qc = <floating>A.lo if qv < A.lo else qv
+    qc = <floating>A.hi if qc > A.hi else qc
+    if grow != NULL:
+        gs = A.gscale * (A.row_scale[i] if A.row_scale != NULL else 1.0)
+        if not (qv < A.lo or qv > A.hi):
+            (<floating *>(grow + y * A.g.cs))[0] = <floating>(-gs / <double>qv)
+    return -<double>_plog(qc)
+
+
+cdef inline void _emit(const RowArgs *A, Py_ssize_t i, double v, floating *dummy) noexcept nogil:
+    if A.vals_out != NULL:
+        (<floating *>A.vals_out)[i] = <floating>(v * A.lscale)
+
+
+cdef void _rows_block(const RowArgs *A, Py_ssize_t lo, Py_ssize_t hi, double *sum_out, int *bad,
+                      floating *dummy) noexcept nogil:
+    """Rows lo..hi, one after the other; each row's segments in order."""
+    cdef Py_ssize_t i, k, n, C = A.C, L = min(C, <Py_ssize_t>FX_SEG)
+    cdef floating *pb = NULL
+    cdef floating *qb = NULL
+    cdef floating *gb = NULL
+    cdef double v, acc = 0.0
+    if A.t == NULL:
+        if A.p.cs != sizeof(floating):
+            pb = <floating *>malloc(L * sizeof(floating))
+        if A.op != OP_ENTROPY and A.q.cs != sizeof(floating):
+            qb = <floating *>malloc(L * sizeof(floating))
+        if A.g.base != NULL and A.g.cs != sizeof(floating):
+            gb = <floating *>malloc(L * sizeof(floating))
+    for i in range(lo, hi):
+        if A.t != NULL:
+            v = _label_row(A, i, bad, dummy)
+        else:
+            v = 0.0
+            k = 0
+            while k < C:
+                n = min(C - k, <Py_ssize_t>FX_SEG)
+                v += _seg(A, i, k, n, pb, qb, gb, bad)
+                k += n
+        acc += v
+        _emit(A, i, v, dummy)
+    free(pb)
+    free(qb)
+    free(gb)
+    sum_out[0] = acc
+
+
+cdef tuple _rows_run(const RowArgs *A, Py_ssize_t rows_per_block, int n_threads, floating *dummy):
+    cdef Py_ssize_t N = A.N, C = A.C, nb, b, lo, hi, i, k, nseg
+    cdef double total = 0.0, comp = 0.0, v
+    cdef int bad = 0
+    cdef double *parts = NULL
+    cdef int *bads = NULL
+    cdef bint split
+    if N == 0:
+        return 0.0, 0
+    split = (n_threads > 1 and N < n_threads and C > FX_SEG and A.t == NULL
+             and A.p.cs == sizeof(floating)
+             and (A.op == OP_ENTROPY or A.q.cs == sizeof(floating))
+             and (A.g.base == NULL or A.g.cs == sizeof(floating)))
+    if split:
+        nseg = (C + FX_SEG - 1) // FX_SEG
+        nb = nseg
+    else:
+        nb = (N + rows_per_block - 1) // rows_per_block
+    parts = <double *>malloc(nb * sizeof(double))
+    bads = <int *>malloc(nb * sizeof(int))
+    if parts == NULL or bads == NULL:
+        free(parts)
+        free(bads)
+        raise MemoryError()
+    with nogil:
+        if split:
+            # one long row at a time, its segments over the threads; the row's value is the
+            # sum of its segments in order, exactly as _rows_block computes it
+            for i in range(N):
+                for k in prange(nseg, schedule="static", num_threads=n_threads):
+                    bads[k] = 0
+                    parts[k] = _seg(A, i, k * FX_SEG, min(C - k * FX_SEG, <Py_ssize_t>FX_SEG),
+                                    <floating *>NULL, <floating *>NULL, <floating *>NULL, &bads[k])
+                v = 0.0
+                for k in range(nseg):
+                    v += parts[k]
+                    bad |= bads[k]
+                _neumaier(&total, &comp, v)
+                _emit(A, i, v, dummy)
+        else:
+            if n_threads <= 1 or nb == 1:
+                for b in range(nb):
+                    bads[b] = 0
+                    lo = b * rows_per_block
+                    _rows_block(A, lo, min(lo + rows_per_block, N), &parts[b], &bads[b], dummy)
+            else:
+                for b in prange(nb, schedule="static", num_threads=n_threads):
+                    bads[b] = 0
+                    lo = b * rows_per_block
+                    hi = min(lo + rows_per_block, N)
+                    _rows_block(A, lo, hi, &parts[b], &bads[b], dummy)
+            for b in range(nb):
+                _neumaier(&total, &comp, parts[b])
+                bad |= bads[b]
+    free(parts)
+    free(bads)
+    return _finish(total, comp), bad
+
+
+def rows(p, q, grad_out, labels, int op, int mode, double lo, double hi, double gscale, row_scale,
+         vals_out, double lscale, Py_ssize_t rows_per_block, int n_threads):
+    """Row values of cross-entropy (op 0: -sum p log clip(q, lo, hi), or -log clip(q[y]) with
+    integer ``labels``), entropy (op 1: -sum p log p) or KL divergence (op 2, ``mode`` bits:
+    1 q holds log q, 2 p holds log p), per row of the (N, C) or (A, D, C) views ``p`` / ``q``
+    (same layout of rows; ``p`` None with ``labels``, ``q`` None for entropy).
+
+    grad_out: None or a view of q's row layout receiving d(row value)/dq * gscale (* row_scale[i]);
+    labels: None or contiguous int32/int64 (N,); row_scale: None or contiguous float64 (N,);
+    vals_out: None or contiguous (N,) of the kernel dtype, receiving row value * lscale.
+    Returns (sum of the row values (unscaled), invalid flag: a negative probability or a label
+    outside [0, C))."""
+    cdef RowArgs A
+    cdef cnp.ndarray ref = <cnp.ndarray>(q if q is not None else p)
+    A.p = _parr(p)
+    A.q = _parr(q)
+    A.g = _parr(grad_out)
+    A.t = NULL if labels is None else <char *>cnp.PyArray_DATA(<cnp.ndarray>labels)
+    A.t64 = labels is not None and cnp.PyArray_TYPE(<cnp.ndarray>labels) == cnp.NPY_INT64
+    A.N = cnp.PyArray_DIM(ref, 0)
+    if cnp.PyArray_NDIM(ref) == 3:
+        A.N = A.N * cnp.PyArray_DIM(ref, 1)
+    A.C = cnp.PyArray_DIM(ref, cnp.PyArray_NDIM(ref) - 1)
+    A.op = op
+    A.mode = mode
+    A.lo = lo
+    A.hi = hi
+    A.gscale = gscale
+    A.row_scale = NULL if row_scale is None else <const double *>cnp.PyArray_DATA(<cnp.ndarray>row_scale)
+    A.vals_out = NULL if vals_out is None else <char *>cnp.PyArray_DATA(<cnp.ndarray>vals_out)
+    A.lscale = lscale
+    if cnp.PyArray_TYPE(ref) == cnp.NPY_FLOAT32:
+        return _rows_run(&A, rows_per_block, n_threads, <float *>NULL)
+    return _rows_run(&A, rows_per_block, n_threads, <double *>NULL)
+
+
+# ------------------------------------------------------------------ elementwise kernels
+cdef struct EArr:
+    char *base          # element (0, 0); NULL: operand absent
+    Py_ssize_t s0, s1   # strides of the (R, K) view, bytes
+
+
+cdef struct BinArgs:
+    EArr x              # probabilities / logits
+    EArr y              # targets
+    EArr w              # weight (broadcast), or absent
+    EArr pw             # pos_weight (broadcast, logits only), or absent
+    EArr go             # per-element grad_output (broadcast), or absent
+    EArr g              # gradient out, or absent (may be x itself)
+    char *loss_out      # per-element losses * lscale, contiguous (R*K,), or NULL
+    Py_ssize_t R, K
+    int op              # OP_BCE, OP_BCE_LOGITS
+    double lscale, gscale
+
+
+cdef inline EArr _earr(object spec):
+    """(array, s0, s1) -> EArr; None -> absent."""
+    cdef EArr v
+    if spec is None:
+        v.base = NULL
+        v.s0 = v.s1 = 0
+        return v
+    v.base = <char *>cnp.PyArray_DATA(<cnp.ndarray>spec[0])
+    v.s0 = spec[1]
+    v.s1 = spec[2]
+    return v
+
+
+cdef inline const floating *_chunk(const EArr *a, Py_ssize_t r, Py_ssize_t k, Py_ssize_t n,
+                                   floating *buf) noexcept nogil:
+    cdef char *src = a.base + r * a.s0 + k * a.s1
+    if a.s1 == sizeof(floating):
+        return <const floating *>src
+    _gather(src, a.s1, n, buf)
+    return buf
+
+
+cdef double _bin_tile(const BinArgs *A, Py_ssize_t lo, Py_ssize_t hi, int *bad,
+                      floating *dummy) noexcept nogil:
+    """Elements lo..hi of the flat (R, K) index space, CHUNK at a time; returns their loss sum."""
+    cdef floating xb[CHUNK]
+    cdef floating yb[CHUNK]
+    cdef floating wb[CHUNK]
+    cdef floating pwb[CHUNK]
+    cdef floating fb[CHUNK]
+    cdef floating lb[CHUNK]
+    cdef floating gb[CHUNK]
+    cdef floating ones[CHUNK]
+    cdef const floating *xp
+    cdef const floating *yp
+    cdef const floating *wp
+    cdef const floating *pwp
+    cdef const floating *fp
+    cdef const floating *gop
+    cdef floating *lp
+    cdef floating *gp
+    cdef char *gdst
+    cdef Py_ssize_t pos = lo, r = lo // A.K, k = lo - (lo // A.K) * A.K, n, c0, m, j, kk
+    cdef double acc = 0.0
+    cdef floating ls = <floating>A.lscale, gs = <floating>A.gscale
+    if A.w.base == NULL:
+        for j in range(CHUNK):
+            ones[j] = 1
+    while pos < hi:
+        n = min(A.K - k, hi - pos)
+        c0 = 0
+        while c0 < n:
+            m = min(<Py_ssize_t>CHUNK, n - c0)
+            kk = k + c0
+            xp = _chunk(&A.x, r, kk, m, xb)
+            yp = _chunk(&A.y, r, kk, m, yb)
+            wp = _chunk(&A.w, r, kk, m, wb) if A.w.base != NULL else ones
+            pwp = _chunk(&A.pw, r, kk, m, pwb) if A.pw.base != NULL else NULL
+            lp = (<floating *>A.loss_out) + pos + c0 if A.loss_out != NULL else lb
+            if A.op == OP_BCE:
+                if floating is float:
+                    acc += fx_bce_f32(xp, yp, wp, m, ls, lp, bad)
+                else:
+                    acc += fx_bce_f64(xp, yp, wp, m, ls, lp, bad)
+            else:
+                if floating is float:
+                    acc += fx_bcel_f32(xp, yp, wp, pwp, m, ls, lp)
+                else:
+                    acc += fx_bcel_f64(xp, yp, wp, pwp, m, ls, lp)
+            if A.g.base != NULL:
+                fp = wp
+                if A.go.base != NULL:
+                    gop = _chunk(&A.go, r, kk, m, fb)
+                    for j in range(m):
+                        fb[j] = gop[j] * wp[j]
+                    fp = fb
+                gdst = A.g.base + r * A.g.s0 + kk * A.g.s1
+                gp = <floating *>gdst if A.g.s1 == sizeof(floating) else gb
+                if A.op == OP_BCE:
+                    if floating is float:
+                        fx_bce_grad_f32(xp, yp, fp, m, gs, gp)
+                    else:
+                        fx_bce_grad_f64(xp, yp, fp, m, gs, gp)
+                else:
+                    if floating is float:
+                        fx_bcel_grad_f32(xp, yp, fp, pwp, m, gs, gp)
+                    else:
+                        fx_bcel_grad_f64(xp, yp, fp, pwp, m, gs, gp)
+                if gp == gb:
+                    _scatter(gb, m, gdst, A.g.s1)
+            c0 += m
+        pos += n
+        r += 1
+        k = 0
+    return acc
+
+
+cdef tuple _bin_run(const BinArgs *A, int n_threads, floating *dummy):
+    cdef Py_ssize_t total_n = A.R * A.K, nt, t, lo
+    cdef double total = 0.0, comp = 0.0
+    cdef int bad = 0
+    cdef double *parts
+    cdef int *bads
+    if total_n == 0:
+        return 0.0, 0
+    nt = (total_n + TILE - 1) // TILE
+    parts = <double *>malloc(nt * sizeof(double))
+    bads = <int *>malloc(nt * sizeof(int))
+    if parts == NULL or bads == NULL:
+        free(parts)
+        free(bads)
+        raise MemoryError()
+    with nogil:
+        if n_threads <= 1 or nt == 1:
+            for t in range(nt):
+                bads[t] = 0
+                lo = t * TILE
+                parts[t] = _bin_tile(A, lo, min(lo + TILE, total_n), &bads[t], dummy)
+        else:
+            for t in prange(nt, schedule="static", num_threads=n_threads):
+                bads[t] = 0
+                lo = t * TILE
+                parts[t] = _bin_tile(A, lo, min(lo + TILE, total_n), &bads[t], dummy)
+        for t in range(nt):
+            _neumaier(&total, &comp, parts[t])
+            bad |= bads[t]
+    free(parts)
+    free(bads)
+    return _finish(total, comp), bad
+
+
+def binary(int op, Py_ssize_t R, Py_ssize_t K, x, y, w, pw, go, grad_out, loss_out,
+           double lscale, double gscale, int n_threads):
+    """Binary cross-entropy over an (R, K) element grid (op 0: probabilities, op 1: logits).
+
+    x, y, w, pw, go, grad_out: (array, s0, s1) -- the array's data pointer is element (0, 0)
+    and (s0, s1) its byte strides on the grid -- or None (w: unit weights; pw: pos_weight 1;
+    go: no per-element grad_output; grad_out: loss only).  x, y, w, pw, go, grad_out share the
+    kernel dtype (x's).  loss_out: None or contiguous (R*K,) receiving the losses * lscale.
+    Returns (sum of the losses (unscaled), invalid flag: a probability or target outside [0, 1])."""
+    cdef BinArgs A
+    A.x = _earr(x)
+    A.y = _earr(y)
+    A.w = _earr(w)
+    A.pw = _earr(pw)
+    A.go = _earr(go)
+    A.g = _earr(grad_out)
+    A.loss_out = NULL if loss_out is None else <char *>cnp.PyArray_DATA(<cnp.ndarray>loss_out)
+    A.R = R
+    A.K = K
+    A.op = op
+    A.lscale = lscale
+    A.gscale = gscale
+    if cnp.PyArray_TYPE(<cnp.ndarray>x[0]) == cnp.NPY_FLOAT32:
+        return _bin_run(&A, n_threads, <float *>NULL)
+    return _bin_run(&A, n_threads, <double *>NULL)
