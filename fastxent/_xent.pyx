@@ -557,6 +557,49 @@ def label_stats(target, Py_ssize_t C, Py_ssize_t ignore_index, weight):
 
 
 # ------------------------------------------------------------------ log-sum-exp family
+cdef void _lse_short(View2 xv, View2 ov, Py_ssize_t C, Py_ssize_t lo, Py_ssize_t hi, int mode,
+                     floating *lse_out) noexcept nogil:
+    """_lse_block for rows of at most FX_SHORT_C contiguous classes, vectorised across rows."""
+    cdef Py_ssize_t yi[FX_SHORT_R]
+    cdef floating m[FX_SHORT_R]
+    cdef floating ls[FX_SHORT_R]
+    cdef floating inv_s[FX_SHORT_R]
+    cdef floating xy[FX_SHORT_R]
+    cdef floating zero[FX_SHORT_R]
+    cdef Py_ssize_t r0, r, R, c, rs = xv.rs // sizeof(floating), ors = ov.rs // sizeof(floating)
+    cdef const floating *xb
+    cdef floating *ob
+    cdef floating mm
+    cdef double t
+    for r in range(FX_SHORT_R):
+        yi[r] = 0
+        zero[r] = 0
+    r0 = lo
+    while r0 < hi:
+        R = min(<Py_ssize_t>FX_SHORT_R, hi - r0)
+        xb = <const floating *>(xv.base + r0 * xv.rs)
+        short_stats(xb, rs, R, C, yi, m, ls, inv_s, xy)
+        if mode == 0:
+            for r in range(R):
+                if ls[r] == ls[r]:
+                    lse_out[r0 + r] = m[r] + ls[r]
+                else:   # NaN / +inf / all -inf row: the row path's exact rules
+                    row_stats(xb + r * rs, C, &mm, &t)
+                    lse_out[r0 + r] = <floating>(NAN if t != t else (INFINITY if mm > 0 else -INFINITY))
+        else:
+            ob = <floating *>(ov.base + r0 * ov.rs)
+            if mode == 2:
+                short_grad(xb, rs, ob, ors, R, C, m, inv_s, zero, NULL)
+            else:
+                for r in range(R):
+                    for c in range(C):
+                        ob[r * ors + c] = (xb[r * rs + c] - m[r]) - ls[r]
+            for r in range(R):
+                if ls[r] != ls[r]:
+                    row_fill(ob + r * ors, C, <floating>NAN)
+        r0 += R
+
+
 cdef void _lse_block(View2 xv, View2 ov, Py_ssize_t C, Py_ssize_t lo, Py_ssize_t hi, int mode,
                      floating *lse_out) noexcept nogil:
     """mode 0: lse_out[i] = logsumexp(row i); 1: log_softmax into ov; 2: softmax into ov."""
@@ -567,6 +610,9 @@ cdef void _lse_block(View2 xv, View2 ov, Py_ssize_t C, Py_ssize_t lo, Py_ssize_t
     cdef double s
     cdef floating *buf = NULL
     cdef bint gather = xv.cs != 1 or (mode != 0 and ov.cs != 1)
+    if C <= FX_SHORT_C and not gather:
+        _lse_short(xv, ov, C, lo, hi, mode, lse_out)
+        return
     if gather:
         buf = <floating *>malloc(C * sizeof(floating))
     for i in range(lo, hi):
