@@ -198,46 +198,42 @@ def _active_client(client):
         return None
 
 
-def score_summary(logits, labels, *, offsets=None, ignore_index=-100, base=None,
-                  num_threads=None, out=None, progress=False, client=None):
-    """``fastxent.score`` over dask arrays: a :class:`fastxent.score.ScoreSummary` (computed now).
+def _score_rows(logits, labels, start, stop, row0, kw):
+    """score_block on rows start:stop of two NpyArrays, read by the worker running it."""
+    return _score.score_block(logits[start:stop], labels[start:stop], row0,
+                              where=_score._label(labels, "labels"), **kw)
 
-    Each row block is scored where it lives (``fastxent.score.score_block``) and sends back
-    only its exact sums and counts (and its per-row losses when ``out`` is given, which the
-    client writes atomically as they arrive).  With a ``dask.distributed`` client (``client``
-    or the default one) blocks are gathered as they finish; otherwise ``dask.compute``.
-    """
-    dask, da = _dask()
-    base = _score._log_base(base)
-    num_threads = _score._positive_int(num_threads, "--threads")
-    logits, labels = da.asarray(logits), da.asarray(labels)
+
+def _check_arrays(logits, labels):
     if logits.ndim != 2 or logits.dtype not in _score.LOGITS_DTYPES:
         raise ScoreError(f"logits: expected a 2-D float16/32/64 array, got shape {logits.shape} "
                          f"dtype {logits.dtype}")
     if labels.ndim != 1 or labels.dtype.kind not in "iu" or labels.shape[0] != logits.shape[0]:
         raise ScoreError(f"labels: expected {logits.shape[0]} integer labels, got shape "
                          f"{labels.shape} dtype {labels.dtype}")
-    logits, labels = _by_rows(logits, labels, False)
-    N, C = logits.shape
-    offs = None if offsets is None else _score.load_offsets(offsets, N)
-    run = _score._Run(N, C, logits.dtype, offs, out, base, _score._loss_dtype(logits.dtype))
-    bar = _score.progress_bar(N, progress)
+
+
+def _score_tasks(make_tasks, n_rows, n_classes, dtype, nbytes, *, offsets, ignore_index, base,
+                 num_threads, out, progress, client):
+    """Run the block tasks ``make_tasks(kw, offs, keep_losses)`` gives, gathering results."""
+    dask, _ = _dask()
+    base = _score._log_base(base)
+    num_threads = _score._positive_int(num_threads, "--threads")
+    offs = None if offsets is None else _score.load_offsets(offsets, n_rows)
+    run = _score._Run(n_rows, n_classes, dtype, offs, out, base, _score._loss_dtype(dtype))
+    bar = _score.progress_bar(n_rows, progress)
     t0 = time.perf_counter()
     try:
-        starts = _row_starts(logits.chunks[0])
-        block = dask.delayed(_score.score_block, pure=True)
-        tasks = [block(x, y, r, ignore_index=ignore_index, num_threads=num_threads,
-                       offsets=None if offs is None else _score.offsets_slice(offs, r, n),
-                       keep_losses=run.writer is not None)
-                 for x, y, r, n in zip(logits.to_delayed().ravel(), labels.to_delayed().ravel(),
-                                       starts, logits.chunks[0])]
+        kw = dict(ignore_index=ignore_index, num_threads=num_threads,
+                  keep_losses=run.writer is not None)
+        tasks = make_tasks(kw, offs)
         client = _active_client(client)
         if client is not None:
             from distributed import as_completed
 
             futures = client.compute(tasks)
             try:
-                for fut in as_completed(futures):
+                for fut in as_completed(futures, loop=client.loop):
                     r = fut.result()
                     run.add(r)
                     bar.update(r.rows)
@@ -249,7 +245,6 @@ def score_summary(logits, labels, *, offsets=None, ignore_index=-100, base=None,
             for r in dask.compute(*tasks):
                 run.add(r)
                 bar.update(r.rows)
-        nbytes = logits.nbytes + labels.nbytes
         return run.finish(time.perf_counter() - t0, nbytes)
     except BaseException:
         run.abort()
@@ -258,18 +253,78 @@ def score_summary(logits, labels, *, offsets=None, ignore_index=-100, base=None,
         bar.close()
 
 
-def score_files(logits, labels=None, *, address=None, client=None, chunk_rows=None, **options):
-    """``fastxent.score.score_files`` on Dask: the same inputs and options, blocks of
-    ``chunk_rows`` rows memory-mapped by the workers; ``address`` connects a
-    ``dask.distributed.Client`` (e.g. "tcp://scheduler:8786") for the duration of the call."""
-    _dask()
+def _with_offsets(kw, offs, row0, rows):
+    return kw if offs is None else dict(kw, offsets=_score.offsets_slice(offs, row0, rows))
+
+
+def score_summary(logits, labels, *, offsets=None, ignore_index=-100, base=None,
+                  num_threads=None, out=None, progress=False, client=None):
+    """``fastxent.score`` over dask arrays: a :class:`fastxent.score.ScoreSummary` (computed now).
+
+    Each row block is scored where it lives (``fastxent.score.score_block``) and sends back
+    only its exact sums and counts (and its per-row losses when ``out`` is given, which the
+    client writes atomically as they arrive).  With a ``dask.distributed`` client (``client``
+    or the default one) blocks are gathered as they finish; otherwise ``dask.compute``.
+    """
+    dask, da = _dask()
+    logits, labels = da.asarray(logits), da.asarray(labels)
+    _check_arrays(logits, labels)
+    logits, labels = _by_rows(logits, labels, False)
+
+    def make_tasks(kw, offs):
+        block = dask.delayed(_score.score_block, pure=True)
+        return [block(x, y, r, **_with_offsets(kw, offs, r, n))
+                for x, y, r, n in zip(logits.to_delayed().ravel(), labels.to_delayed().ravel(),
+                                      _row_starts(logits.chunks[0]), logits.chunks[0])]
+
+    return _score_tasks(make_tasks, logits.shape[0], logits.shape[1], logits.dtype,
+                        logits.nbytes + labels.nbytes, offsets=offsets, ignore_index=ignore_index,
+                        base=base, num_threads=num_threads, out=out, progress=progress,
+                        client=client)
+
+
+def score_files(logits, labels=None, *, address=None, client=None, chunk_rows=None,
+                offsets=None, ignore_index=-100, base=None, num_threads=None, out=None,
+                progress=False):
+    """``fastxent.score.score_files`` on Dask: the same inputs and options.  Each task opens
+    its ``chunk_rows`` rows as a memory map where it runs (the files must be visible to every
+    worker at the same path) and sends back only sums and counts.  ``address`` connects a
+    ``dask.distributed.Client`` (e.g. "tcp://scheduler:8786") for the duration of the call;
+    otherwise ``client``, the default client, or the local Dask scheduler is used."""
+    dask, _ = _dask()
     pairs = _score.open_inputs(logits, labels)
+    for pair in pairs:
+        for src in pair:
+            if isinstance(src, _score.NpzStream):
+                raise ScoreError(f"{src.label}: compressed .npz members cannot be split across "
+                                 "Dask workers; use .npy files (or np.savez)")
     chunk_rows = _score._positive_int(chunk_rows, "--chunk-rows")
-    if options.get("out") is not None:
-        _score._check_out_not_input(options["out"], pairs)
-    lg, lb = _from_pairs(pairs, chunk_rows)
+    if out is not None:
+        _score._check_out_not_input(out, pairs)
+    n_rows = sum(lg.shape[0] for lg, _ in pairs)
+    C, dtype = pairs[0][0].shape[1], pairs[0][0].dtype
+    K = chunk_rows or _score.default_chunk_rows(C, dtype.itemsize)
+    nbytes = sum(lg.nbytes + lb.nbytes for lg, lb in pairs)
+
+    def make_tasks(kw, offs):
+        task = dask.delayed(_score_rows, pure=True)
+        tasks, row0 = [], 0
+        for lg, lb in pairs:
+            lg._cache = lb._cache = None       # the client's maps stay out of the graph
+            n = lg.shape[0]
+            for a in range(0, n, K):
+                b = min(n, a + K)
+                tasks.append(task(lg, lb, a, b, row0 + a, _with_offsets(kw, offs, row0 + a, b - a)))
+            row0 += n
+        return tasks
+
+    def go(client):
+        return _score_tasks(make_tasks, n_rows, C, dtype, nbytes, offsets=offsets,
+                            ignore_index=ignore_index, base=base, num_threads=num_threads,
+                            out=out, progress=progress, client=client)
+
     if address is None:
-        return score_summary(lg, lb, client=client, **options)
+        return go(client)
     from distributed import Client
 
     try:
@@ -277,4 +332,4 @@ def score_files(logits, labels=None, *, address=None, client=None, chunk_rows=No
     except (OSError, ValueError, TypeError) as exc:
         raise ScoreError(f"--dask: cannot connect to {address}: {exc}") from None
     with client:
-        return score_summary(lg, lb, client=client, **options)
+        return go(client)

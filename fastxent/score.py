@@ -416,7 +416,7 @@ def _npz_array(path, info, what):
         raise ScoreError(f"{what}: {label}: cannot read ({exc})") from None
 
 
-def _pick_member(path, members, key, ndim, what):
+def _pick_member(path, members, key, what):
     if key in members:
         return _npz_array(path, members[key], what)
     if len(members) == 1:
@@ -430,7 +430,7 @@ def _open_one(path, what, key):
     if kind == "npy":
         return NpyArray(path)
     if kind == "npz":
-        return _pick_member(path, _npz_members(path, what), key, None, what)
+        return _pick_member(path, _npz_members(path, what), key, what)
     raise ScoreError(f"{what}: {path} is a directory; expected a .npy or .npz file")
 
 
@@ -547,11 +547,11 @@ def load_offsets(offsets, n_rows):
     else:
         what = "offsets"
         offs = np.asarray(offsets)
+    if offs.size == 0:
+        raise ScoreError(f"{what}: is empty; it needs S + 1 entries from 0 to N")
     if offs.ndim != 1 or offs.dtype.kind not in "iu":
         raise ScoreError(f"{what}: must be a 1-D array of integers, got shape {offs.shape} "
                          f"dtype {offs.dtype}")
-    if offs.size == 0:
-        raise ScoreError(f"{what}: is empty; it needs S + 1 entries from 0 to N")
     if offs.dtype == np.uint64 and offs.max() > np.iinfo(np.int64).max:
         raise ScoreError(f"{what}: value {offs.max()} is larger than the number of rows")
     offs = np.ascontiguousarray(offs, dtype=np.int64)
@@ -652,17 +652,18 @@ def offsets_slice(offsets, row0, rows):
 def _log_base(base):
     if base is None:
         return None
+    msg = f"--base: expected a number > 0 other than 1 (or 'e'), got {base!r}"
     if isinstance(base, str):
         if base.strip().lower() == "e":
             return None
         try:
-            base = float(base)
+            b = float(base)
         except ValueError:
-            raise ScoreError(f"--base: expected a number > 0 other than 1 (or 'e'), "
-                             f"got {base!r}") from None
-    b = float(base)
+            raise ScoreError(msg) from None
+    else:
+        b = float(base)
     if not (b > 0 and b != 1 and math.isfinite(b)):
-        raise ScoreError(f"--base: expected a number > 0 other than 1 (or 'e'), got {base!r}")
+        raise ScoreError(msg)
     return b
 
 
@@ -911,7 +912,7 @@ class _Run:
         return summary
 
 
-def _check_out_path(out, inputs=()):
+def _check_out_path(out):
     path = os.fspath(out)
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):

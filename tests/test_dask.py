@@ -1,0 +1,232 @@
+"""fastxent.dask: cross-entropy and scoring on dask arrays, on a LocalCluster of worker processes."""
+import math
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+import fastxent
+from fastxent import score
+from fastxent.score import ScoreError
+
+da = pytest.importorskip("dask.array")
+distributed = pytest.importorskip("distributed")
+fxd = pytest.importorskip("fastxent.dask")
+
+WORKER_MEMORY = "200MiB"
+
+
+def data(n=1000, c=13, dtype=np.float64, seed=0, ignore_every=9):
+    rng = np.random.default_rng(seed)
+    x = (3 * rng.standard_normal((n, c))).astype(dtype)
+    y = rng.integers(0, c, n)
+    y[::ignore_every] = -100
+    return x, y
+
+
+def rtol(dtype):
+    return 1e-13 if np.dtype(dtype) == np.float64 else 1e-6
+
+
+# ------------------------------------------------------------------ local scheduler (no cluster)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("options", [
+    {},
+    {"weight": "random"},
+    {"label_smoothing": 0.1},
+    {"weight": "random", "label_smoothing": 0.2, "ignore_index": 3},
+    {"z_loss": 1e-3, "base": 2},
+])
+def test_cross_entropy_matches_fastxent(dtype, options):
+    x, y = data(dtype=dtype)
+    kw = dict(options)
+    if "ignore_index" in kw:
+        y[y == -100] = kw["ignore_index"]
+    if kw.get("weight") == "random":
+        kw["weight"] = np.random.default_rng(5).random(13) + 0.1
+    X = da.from_array(x, chunks=(128, 5))            # class axis split too: rechunked
+    Y = da.from_array(y, chunks=300)                 # different row chunks: rechunked
+    for reduction in ("mean", "sum"):
+        got = fxd.cross_entropy(X, Y, reduction=reduction, **kw).compute(scheduler="sync")
+        want = fastxent.cross_entropy(x, y, reduction=reduction, **kw)
+        assert np.asarray(got).dtype == want.dtype
+        assert float(got) == pytest.approx(float(want), rel=rtol(dtype))
+    rows = fxd.cross_entropy(X, Y, reduction="none", **kw)
+    assert rows.chunks == ((128,) * 7 + (104,),)
+    np.testing.assert_array_equal(rows.compute(), fastxent.cross_entropy(x, y, reduction="none",
+                                                                         **kw))
+
+
+def test_mean_is_exact_and_independent_of_chunking():
+    x, y = data(n=3000, c=7)
+    losses = fastxent.cross_entropy(x, y, reduction="none")
+    from fractions import Fraction
+    keep = int((y != -100).sum())
+    exact = float(sum(map(Fraction, losses.tolist()), Fraction(0)) / keep)
+    for rows in (1000, 333, 3000, 17):
+        m = fxd.cross_entropy(da.from_array(x, chunks=(rows, 7)), y).compute()
+        assert float(m) == exact
+
+
+def test_soft_targets():
+    x, _ = data(n=200, c=6)
+    p = np.random.default_rng(3).dirichlet(np.ones(6), 200)
+    got = fxd.cross_entropy(da.from_array(x, chunks=(64, 6)), da.from_array(p, chunks=(50, 3)))
+    assert float(got.compute()) == pytest.approx(float(fastxent.cross_entropy(x, p)), rel=1e-13)
+
+
+def test_cross_entropy_validation():
+    x, y = data(n=20, c=4)
+    X = da.from_array(x, chunks=5)
+    with pytest.raises(ValueError, match="target: expected shape"):
+        fxd.cross_entropy(X, y[:10])
+    with pytest.raises(ValueError, match="reduction"):
+        fxd.cross_entropy(X, y, reduction="avg")
+    with pytest.raises(ValueError, match="2-D"):
+        fxd.cross_entropy(da.from_array(x[:, :, None], chunks=5), y)
+    with pytest.raises(TypeError, match="float"):
+        fxd.cross_entropy(X.astype(int), y)
+    with pytest.raises(TypeError, match="not supported"):
+        fxd.cross_entropy(X, y, return_z_loss=True)
+    bad = y.copy()
+    bad[13] = 4
+    with pytest.raises(ScoreError, match="label 4 at row 13"):
+        fxd.cross_entropy(X, bad).compute()
+    with pytest.raises(ScoreError, match="label 4 at row 13"):
+        fxd.cross_entropy(X, bad, reduction="none").compute()
+
+
+def test_empty():
+    X = da.zeros((0, 3), chunks=(1, 3))
+    Y = da.zeros((0,), dtype=int, chunks=1)
+    assert math.isnan(float(fxd.cross_entropy(X, Y).compute()))
+    assert float(fxd.cross_entropy(X, Y, reduction="sum").compute()) == 0.0
+
+
+def test_score_summary_matches_local_engine(tmp_path):
+    x, y = data(n=900, c=10, dtype=np.float32)
+    offs = np.array([0, 10, 10, 455, 900])
+    local = score.score_arrays(x, y, offsets=offs, base=2)
+    remote = fxd.score_summary(da.from_array(x, chunks=(100, 10)), da.from_array(y, chunks=100),
+                               offsets=offs, base=2, out=tmp_path / "seq.npy")
+    for name in ("rows", "scored", "correct", "nll_sum", "mean_nll", "sequences"):
+        assert getattr(remote, name) == getattr(local, name), name
+    assert remote.sequence_nll_sum == pytest.approx(local.sequence_nll_sum, rel=1e-14)
+    assert np.load(tmp_path / "seq.npy").shape == (4,)
+
+
+def test_from_npy_pickles_the_path_only(tmp_path):
+    import pickle
+    x, y = data(n=5000, c=50, dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    arr = fxd.from_npy(tmp_path / "x.npy", chunk_rows=1000)
+    assert arr.chunks == ((1000,) * 5, (50,))
+    np.testing.assert_array_equal(arr.compute(), x)
+    src = score.NpyArray(tmp_path / "x.npy")
+    assert len(pickle.dumps(src)) < 2000
+    copy = pickle.loads(pickle.dumps(src))
+    np.testing.assert_array_equal(copy[10:20], x[10:20])
+    assert copy._cache is None                       # unpickled copies never keep a map open
+
+
+def test_compressed_npz_is_refused(tmp_path):
+    x, y = data(n=10, c=3)
+    np.savez_compressed(tmp_path / "d.npz", logits=x, labels=y)
+    with pytest.raises(ScoreError, match="compressed .npz"):
+        fxd.score_files(tmp_path / "d.npz")
+
+
+# ------------------------------------------------------------------ a LocalCluster of processes
+@pytest.fixture(scope="module")
+def cluster():
+    from distributed import LocalCluster
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      memory_limit=WORKER_MEMORY, dashboard_address=None,
+                      silence_logs=40) as c:
+        yield c
+
+
+@pytest.fixture
+def client(cluster):
+    from distributed import Client
+    with Client(cluster) as c:
+        yield c
+
+
+def test_cluster_cross_entropy(client):
+    x, y = data(n=2000, c=20)
+    w = np.linspace(0.5, 2.0, 20)
+    X = da.from_array(x, chunks=(250, 20))
+    got = fxd.cross_entropy(X, y, weight=w).compute()
+    assert float(got) == pytest.approx(float(fastxent.cross_entropy(x, y, weight=w)), rel=1e-13)
+    np.testing.assert_array_equal(fxd.cross_entropy(X, y, reduction="none").compute(),
+                                  fastxent.cross_entropy(x, y, reduction="none"))
+    bad = y.copy()
+    bad[1234] = 99
+    with pytest.raises(ScoreError, match="label 99 at row 1234"):
+        fxd.cross_entropy(X, bad).compute()
+
+
+def _write_shards(directory, n_shards, rows, c, seed=0):
+    directory.mkdir()
+    rng = np.random.default_rng(seed)
+    for k in range(n_shards):
+        x = rng.standard_normal((rows, c), dtype=np.float32)
+        x *= 2
+        y = rng.integers(0, c, rows)
+        y[::17] = -100
+        np.save(directory / f"logits_{k}.npy", x)
+        np.save(directory / f"labels_{k}.npy", y)
+        del x
+
+
+def test_cluster_scores_input_larger_than_a_worker_memory_limit(cluster, client, tmp_path):
+    """~420 MB of float32 logits in 4 .npy shards; each worker may hold 200 MiB."""
+    d = tmp_path / "shards"
+    _write_shards(d, n_shards=4, rows=12_800, c=2048)
+    try:
+        _score_big_shards(cluster, client, tmp_path, d)
+    finally:
+        shutil.rmtree(d)                     # pytest keeps old tmp dirs: don't leave 420 MB
+
+
+def _score_big_shards(cluster, client, tmp_path, d):
+    total = sum(os.path.getsize(d / f"logits_{k}.npy") for k in range(4))
+    limit = client.run(lambda dask_worker: dask_worker.memory_manager.memory_limit)
+    assert all(total > 2 * lim for lim in limit.values())
+    workers_before = set(client.scheduler_info()["workers"])
+
+    local = score.score_files(d)
+    lg, lb = fxd.from_npy_shards([d / f"logits_{k}.npy" for k in range(4)],
+                                 [d / f"labels_{k}.npy" for k in range(4)], chunk_rows=1024)
+    remote = fxd.score_summary(lg, lb, client=client)
+    assert (remote.rows, remote.scored, remote.correct) == (local.rows, local.scored, local.correct)
+    assert remote.mean_nll == local.mean_nll                 # exact sums: bit-identical
+    assert remote.nll_sum == local.nll_sum
+    mean = fxd.cross_entropy(lg, lb).compute()
+    assert float(mean) == pytest.approx(local.mean_nll, rel=1e-6)
+
+    # the same through the command line, with --out gathered block by block
+    from fastxent import cli
+    out = tmp_path / "losses.npy"
+    rc = cli.main(["score", str(d), "--dask", cluster.scheduler_address, "--out", str(out),
+                   "--chunk-rows", "2048", "--json"])
+    assert rc == 0
+    assert np.load(out).shape == (4 * 12_800,)
+    assert math.fsum(np.load(out).astype(float).tolist()) == pytest.approx(local.nll_sum, rel=1e-12)
+    assert set(client.scheduler_info()["workers"]) == workers_before   # no worker was killed
+
+
+def test_cli_dask_errors_are_one_line(cluster, tmp_path, capsys):
+    from fastxent import cli
+    x, y = data(n=100, c=5, dtype=np.float32)
+    y[42] = 5
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    rc = cli.main(["score", str(tmp_path / "x.npy"), str(tmp_path / "y.npy"),
+                   "--dask", cluster.scheduler_address, "--chunk-rows", "10",
+                   "--out", str(tmp_path / "o.npy")])
+    out, err = capsys.readouterr()
+    assert rc == 2 and err.count("\n") == 1 and "label 5 at row 42" in err
+    assert sorted(os.listdir(tmp_path)) == ["x.npy", "y.npy"]
