@@ -10,9 +10,10 @@ import fastxent
 from fastxent import score
 from fastxent.score import ScoreError
 
-da = pytest.importorskip("dask.array")
-distributed = pytest.importorskip("distributed")
-fxd = pytest.importorskip("fastxent.dask")
+import dask.array as da  # noqa: E402  (a test dependency: the "test" extra installs dask[distributed])
+import distributed  # noqa: E402
+
+import fastxent.dask as fxd  # noqa: E402
 
 WORKER_MEMORY = "200MiB"
 

@@ -419,7 +419,7 @@ def test_out_must_not_be_an_input(tmp_path):
 
 
 def test_progress_bar_optional(tmp_path, capsys):
-    pytest.importorskip("tqdm")
+    import tqdm  # noqa: F401  (a test dependency)
     x, y = make_data(n=100, c=3)
     s = score.score_arrays(x, y, progress=True, chunk_rows=10)
     assert s.rows == 100
