@@ -347,7 +347,7 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
         n_threads = 1
 
     tgt = target if type(target) is np.ndarray else np.asarray(target)
-    soft = tgt.dtype.kind == "f"
+    soft = tgt.dtype.kind == "f" or _is_bf16(tgt.dtype)
     if soft:
         t, probs = None, _soft_targets(tgt, x, axis, C, kdt)
     else:

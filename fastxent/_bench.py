@@ -13,6 +13,11 @@
                      timed call), loss only
 * ``jax``            ``jax.jit`` of log_softmax (+ ``value_and_grad``), all cores only, if installed
 
+The probability family (``FAMILY_OPS`` on ``FAMILY_SHAPES``: ``cross_entropy_from_probs`` (+grad),
+``binary_cross_entropy`` and ``..._with_logits`` (+grad), mean ``entropy``, ``kl_divergence``
+batchmean) is timed in the same grid against ``fastxent.reference``, torch (binary cross-entropies,
+``F.kl_div`` of ``log q``) and scipy (``scipy.stats.entropy``).
+
 Every peer is optional: it is imported only when it runs, and left out when not installed.
 Inputs are built once per shape and dtype, outside the timed calls.  Each measurement makes one
 warm-up call (which also checks the loss against fastxent's), then times ``repeats`` samples with
@@ -56,6 +61,15 @@ QUICK_SHAPES = ((1024, 32768), (64, 262144), (250_000, 10), (4096, 1000), (1, 10
 FULL_DTYPES = ("float32", "float64")
 QUICK_DTYPES = ("float32",)
 OPS = ("loss", "loss+grad")
+# The probability-space family (fastxent._probs_api), timed against the reference (and torch /
+# scipy where they have the function) on FAMILY_SHAPES; arrays read and written per element:
+FAMILY_OPS = ("xent_probs", "xent_probs+grad", "bce", "bce+grad", "bce_logits", "bce_logits+grad",
+              "entropy", "kl")
+FAMILY_STREAMS = {"xent_probs": 2, "xent_probs+grad": 3, "bce": 2, "bce+grad": 3, "bce_logits": 2,
+                  "bce_logits+grad": 3, "entropy": 1, "kl": 2}
+FULL_FAMILY_SHAPES = ((4096, 1000), (1_000_000, 10), (64, 262144))
+QUICK_FAMILY_SHAPES = ((4096, 1000), (250_000, 10))
+ALL_OPS = OPS + FAMILY_OPS
 SCALING_SHAPE = (4096, 32768)
 SCALING_DTYPE = "float32"
 LABEL_DTYPE = np.int64
@@ -117,7 +131,10 @@ class Case:
 
     @property
     def bytes_moved(self):
-        """Bytes that must move: logits (+ gradient for loss+grad) and the int64 labels."""
+        """Bytes that must move: logits (+ gradient for loss+grad) and the int64 labels; for
+        the probability family, every array read or written (FAMILY_STREAMS)."""
+        if self.op in FAMILY_STREAMS:
+            return FAMILY_STREAMS[self.op] * self.elements * self.itemsize
         per = 2 if self.op == "loss+grad" else 1
         return per * self.elements * self.itemsize + self.n * np.dtype(LABEL_DTYPE).itemsize
 
@@ -140,9 +157,13 @@ class Case:
 def grid(full=False, ncpu=None):
     """The cases, ordered by (shape, dtype) so that inputs are built once per data key."""
     shapes = FULL_SHAPES if full else QUICK_SHAPES
+    family = FULL_FAMILY_SHAPES if full else QUICK_FAMILY_SHAPES
     dtypes = FULL_DTYPES if full else QUICK_DTYPES
     return [Case(n, c, dt, op, t)
-            for (n, c), dt, op, t in itertools.product(shapes, dtypes, OPS, thread_levels(ncpu))]
+            for (n, c) in dict.fromkeys(shapes + family)
+            for dt in dtypes
+            for op in (OPS if (n, c) in shapes else ()) + (FAMILY_OPS if (n, c) in family else ())
+            for t in thread_levels(ncpu)]
 
 
 def scaling_cases(ncpu=None):
@@ -192,6 +213,74 @@ def _softmax_np(x):
     return out
 
 
+# The probability family's work, shared by every implementation of a FAMILY_OPS case.
+TORCH_FAMILY_OPS = ("bce", "bce+grad", "bce_logits", "bce_logits+grad", "kl")
+
+
+def _family_arrays(data):
+    """Inputs of the probability family, built once per shape: row distributions p and q,
+    probabilities in (0, 1) (sigmoid of the logits) and soft binary targets in [0, 1]."""
+    def build():
+        rng = np.random.default_rng(1)
+        x = data.logits
+        probs = np.empty_like(x)
+        np.negative(x, out=probs)
+        np.exp(probs, out=probs)
+        probs += 1
+        np.reciprocal(probs, out=probs)
+        return {"p": _softmax_np(rng.standard_normal(x.shape, dtype=x.dtype)),
+                "q": _softmax_np(x), "probs": probs, "soft": rng.random(x.shape, dtype=x.dtype)}
+    return data.derived("family", build)
+
+
+def _family_call(mod, case, data, threads=None):
+    """One FAMILY_OPS case for ``fastxent`` (``threads`` given: num_threads and out=) or
+    ``fastxent.reference``: cross_entropy_from_probs(p, q) and binary cross-entropies (mean
+    reduction), mean entropy of the rows, KL divergence (batchmean)."""
+    a = _family_arrays(data)
+    kw = {} if threads is None else {"num_threads": threads}
+    gkw = dict(kw, **({} if threads is None else {"out": data.out}))
+    p, q, probs, soft, x = a["p"], a["q"], a["probs"], a["soft"], data.logits
+    calls = {
+        "xent_probs": lambda: mod.cross_entropy_from_probs(p, q, **kw),
+        "xent_probs+grad": lambda: mod.cross_entropy_from_probs_with_grad(p, q, **gkw),
+        "bce": lambda: mod.binary_cross_entropy(probs, soft, **kw),
+        "bce+grad": lambda: mod.binary_cross_entropy_with_grad(probs, soft, **gkw),
+        "bce_logits": lambda: mod.binary_cross_entropy_with_logits(x, soft, **kw),
+        "bce_logits+grad": lambda: mod.binary_cross_entropy_with_logits_with_grad(x, soft, **gkw),
+        "entropy": lambda: mod.entropy(p, **kw).mean(),
+        "kl": lambda: mod.kl_divergence(p, q, reduction="batchmean", **kw),
+    }
+    return calls[case.op]
+
+
+def _torch_family_call(case, data):
+    """TORCH_FAMILY_OPS with torch.nn.functional (the gradient through backward() on a leaf)."""
+    import torch
+    import torch.nn.functional as F
+
+    a = _family_arrays(data)
+    soft = data.derived("torch_soft", lambda: torch.from_numpy(a["soft"]))
+    if case.op == "kl":
+        p = data.derived("torch_p", lambda: torch.from_numpy(a["p"]))
+        q = data.derived("torch_q", lambda: torch.from_numpy(a["q"]))
+        return lambda: F.kl_div(torch.log(q), p, reduction="batchmean")
+    base = case.op.removesuffix("+grad")
+    f = F.binary_cross_entropy if base == "bce" else F.binary_cross_entropy_with_logits
+    src = a["probs"] if base == "bce" else data.logits
+    if case.op == base:
+        x = data.derived("torch_" + base, lambda: torch.from_numpy(src))
+        return lambda: f(x, soft)
+    leaf = data.derived("torch_leaf_" + base, lambda: torch.from_numpy(src).requires_grad_(True))
+
+    def loss_and_grad():
+        leaf.grad = None
+        loss = f(leaf, soft)
+        loss.backward()
+        return loss, leaf.grad
+    return loss_and_grad
+
+
 # --------------------------------------------------------------------------------------------
 # Implementations.  ``prepare`` returns a zero-argument callable doing one case's work; it
 # returns the loss (or (loss, grad)).  Heavy imports happen in ``prepare``, never at import time.
@@ -210,7 +299,7 @@ class Impl:
             return False
 
     def supports(self, case):
-        return True
+        return case.op in OPS          # the probability family: fastxent, reference, FAMILY_PEERS
 
     def version(self):
         try:
@@ -231,6 +320,9 @@ class FastxentImpl(Impl):
     name = "fastxent"
     module = "fastxent"
 
+    def supports(self, case):
+        return True
+
     def version(self):
         import fastxent
         return fastxent.__version__
@@ -238,6 +330,8 @@ class FastxentImpl(Impl):
     def prepare(self, case, data):
         import fastxent
 
+        if case.op in FAMILY_OPS:
+            return _family_call(fastxent, case, data, threads=case.threads)
         x, y, nt = data.logits, data.target, case.threads
         if case.op == "loss":
             return lambda: fastxent.cross_entropy(x, y, num_threads=nt)
@@ -250,12 +344,17 @@ class ReferenceImpl(Impl):
     module = "fastxent.reference"
     threaded = False
 
+    def supports(self, case):
+        return True
+
     def version(self):
         return "numpy " + np.__version__
 
     def prepare(self, case, data):
         from fastxent import reference
 
+        if case.op in FAMILY_OPS:
+            return _family_call(reference, case, data)
         x, y = data.logits, data.target
         if case.op == "loss":
             return lambda: reference.cross_entropy(x, y)
@@ -277,6 +376,9 @@ class TorchImpl(Impl):
         finally:
             torch.set_num_threads(old)
 
+    def supports(self, case):
+        return case.op in OPS or case.op in TORCH_FAMILY_OPS
+
     def _function(self):
         import torch.nn.functional as F
         return F.cross_entropy
@@ -284,6 +386,8 @@ class TorchImpl(Impl):
     def prepare(self, case, data):
         import torch
 
+        if case.op in FAMILY_OPS:
+            return _torch_family_call(case, data)
         f = self._function()
         t = data.derived("torch_target", lambda: torch.from_numpy(data.target))
         if case.op == "loss":
@@ -308,6 +412,9 @@ class TorchCompileImpl(TorchImpl):
     name = "torch.compile"
     full_only = True
 
+    def supports(self, case):
+        return case.op in OPS
+
     def _function(self):
         import torch
         import torch._dynamo
@@ -323,7 +430,18 @@ class ScipyImpl(Impl):
     module = "scipy"
     threaded = False
 
+    def supports(self, case):
+        return case.op in OPS or case.op in ("entropy", "kl")
+
     def prepare(self, case, data):
+        if case.op in ("entropy", "kl"):
+            from scipy.stats import entropy
+
+            a = _family_arrays(data)
+            p, q = a["p"], a["q"]
+            if case.op == "entropy":
+                return lambda: entropy(p, axis=1).mean()
+            return lambda: entropy(p, q, axis=1).mean()
         from scipy.special import logsumexp
 
         x, y, out = data.logits, data.target, data.out
@@ -368,7 +486,7 @@ class JaxImpl(Impl):
     module = "jax"
 
     def supports(self, case):
-        return case.threads == all_cores()
+        return case.threads == all_cores() and case.op in OPS
 
     def prepare(self, case, data):
         import jax
@@ -511,7 +629,7 @@ def roofline(bandwidth, case):
     bw = bandwidth.get(case.threads) or bandwidth.get(str(case.threads))
     if not bw:
         return None
-    return bw["copy" if case.op == "loss+grad" else "read"]
+    return bw["copy" if case.op.endswith("+grad") else "read"]
 
 
 def cpu_model():
@@ -712,10 +830,364 @@ def run(full=False, impls=None, threads_scaling=False, budget=None, out=None, nc
         results["threads_scaling"] = rows
         print_scaling(rows, out)
 
+    results["linear"] = run_linear(full, impls=[i.name for i in impls], out=out)
     print_summary(results, out)
     results["elapsed_s"] = time.perf_counter() - started
     print(f"\n{mode} run: {results['elapsed_s']:.1f} s", file=out)
     return results
+
+
+# --------------------------------------------------------------------------------------------
+# Fused linear cross-entropy (the LM head: loss of hidden @ weight.T and the gradients of hidden
+# and weight).  Its own small grid, shared by ``fastxent bench`` and bench/test_bench_linear.py:
+#
+# * ``fastxent``  ``fastxent.linear_cross_entropy(..., return_grad=True)``: row chunks, the
+#                 N x V logits never exist
+# * ``naive``     materialise the N x V logits (NumPy matmul), ``cross_entropy_with_grad(...,
+#                 inplace=True)`` on them, then grad_hidden = g @ W and grad_weight = g.T @ h
+# * ``torch``     ``F.cross_entropy(F.linear(h, W), t)`` + ``backward()`` (skipped when its
+#                 ~3 N x V tensors would not fit comfortably in the available memory)
+#
+# All cores only (BLAS and OpenMP threads set with threadpoolctl when installed).  Timing
+# interleaves the implementations round by round (the cases take seconds; a drifting machine
+# load then hits them alike).  Peak extra memory is measured per implementation in a fresh
+# subprocess: the high-water mark of the resident set during one call after a warm-up call
+# (VmHWM, reset through /proc/self/clear_refs) above the resident set before it, minus the
+# returned gradients
+# (which every implementation must produce); tracemalloc's peak of traced allocations (NumPy
+# registers its buffers with it) minus the same is recorded too.
+# --------------------------------------------------------------------------------------------
+FULL_LINEAR_SHAPES = ((8192, 1024, 131072),)    # (N, d, V)
+QUICK_LINEAR_SHAPES = ((4096, 256, 32768),)
+LINEAR_DTYPE = "float32"
+LINEAR_MIN_ROUNDS = 3
+LINEAR_BUDGET = {"quick": 2.0, "full": 60.0}    # seconds of timed rounds per case (after warm-up)
+
+
+@dataclasses.dataclass(frozen=True)
+class LinearCase:
+    """One fused-linear case: hidden (n, d), weight (v, d), loss + both gradients."""
+
+    n: int
+    d: int
+    v: int
+    dtype: str
+    threads: int
+    op = "linear+grad"
+
+    @property
+    def flops(self):
+        """Three N x d x V matrix products (logits, grad_hidden, grad_weight)."""
+        return 6 * self.n * self.d * self.v
+
+    @property
+    def logits_bytes(self):
+        return self.n * self.v * np.dtype(self.dtype).itemsize
+
+    @property
+    def label(self):
+        return f"{_SHORT[self.dtype]} {self.n}x{self.d} V={self.v} T={self.threads}"
+
+    @property
+    def id(self):
+        return f"{_SHORT[self.dtype]}-{self.n}x{self.d}x{self.v}-linear_grad-T{self.threads}"
+
+
+def linear_grid(full=False, ncpu=None):
+    shapes = FULL_LINEAR_SHAPES if full else QUICK_LINEAR_SHAPES
+    ncpu = all_cores() if ncpu is None else ncpu
+    return [LinearCase(n, d, v, LINEAR_DTYPE, ncpu) for n, d, v in shapes]
+
+
+class LinearInputs:
+    """hidden (N, d), weight (V, d) scaled like a trained head (logits of order 1), labels."""
+
+    def __init__(self, n, d, v, dtype, seed=0):
+        rng = np.random.default_rng(seed)
+        dt = np.dtype(dtype)
+        self.hidden = rng.standard_normal((n, d), dtype=dt)
+        self.weight = rng.standard_normal((v, d), dtype=dt)
+        self.weight *= dt.type(1.0 / math.sqrt(d))
+        self.target = rng.integers(0, v, n, dtype=LABEL_DTYPE)
+
+
+@contextlib.contextmanager
+def _all_pools(n):
+    """BLAS and OpenMP pools limited to ``n`` threads (threadpoolctl), if installed."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    with threadpool_limits(limits=n):
+        yield
+
+
+def _mem_available():
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+class FastxentLinearImpl(Impl):
+    name = "fastxent"
+    module = "fastxent"
+
+    def version(self):
+        import fastxent
+        return fastxent.__version__
+
+    def supports(self, case):
+        return True
+
+    def prepare(self, case, data):
+        from fastxent._linear import linear_cross_entropy
+
+        h, w, t, nt = data.hidden, data.weight, data.target, case.threads
+        return lambda: linear_cross_entropy(h, w, t, return_grad=True, num_threads=nt)
+
+
+class NaiveLinearImpl(Impl):
+    name = "naive"
+    module = "fastxent"
+
+    def version(self):
+        return "numpy " + np.__version__
+
+    def supports(self, case):
+        return True
+
+    def prepare(self, case, data):
+        import fastxent
+
+        h, w, t, nt = data.hidden, data.weight, data.target, case.threads
+
+        def naive():
+            z = np.matmul(h, w.T)
+            loss, g = fastxent.cross_entropy_with_grad(z, t, inplace=True, num_threads=nt)
+            return loss, np.matmul(g, w), np.matmul(g.T, h)
+        return naive
+
+
+class TorchLinearImpl(Impl):
+    name = "torch"
+    module = "torch"
+
+    def supports(self, case):
+        avail = _mem_available()
+        return avail is None or 3 * case.logits_bytes < avail // 2
+
+    @contextlib.contextmanager
+    def threads(self, n):
+        with TorchImpl().threads(n):
+            yield
+
+    def prepare(self, case, data):
+        import torch
+        import torch.nn.functional as F
+
+        h = torch.from_numpy(data.hidden).requires_grad_(True)
+        w = torch.from_numpy(data.weight).requires_grad_(True)
+        t = torch.from_numpy(data.target)
+
+        def step():
+            h.grad = w.grad = None
+            loss = F.cross_entropy(F.linear(h, w), t)
+            loss.backward()
+            return loss, h.grad, w.grad
+        return step
+
+
+LINEAR_IMPLS = (FastxentLinearImpl(), NaiveLinearImpl(), TorchLinearImpl())
+
+
+def select_linear_impls(names=None):
+    """fastxent and naive always (the ratios are fastxent / naive); torch when installed and,
+    if ``names`` are given (--impls), named there."""
+    if isinstance(names, str):
+        names = [s.strip() for s in names.split(",") if s.strip()]
+    return [i for i in LINEAR_IMPLS
+            if i.name in ("fastxent", "naive") or (i.available() and (not names or i.name in names))]
+
+
+_LINEAR_MEMORY_CHILD = """
+import json, sys, tracemalloc
+from fastxent import _bench
+print(json.dumps(_bench._linear_memory_child(json.loads(sys.argv[1]), sys.argv[2])))
+"""
+
+
+def _proc_status_kib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _linear_memory_child(case_fields, impl_name):
+    """In a fresh process: one call of ``impl_name`` on the case; returns the memory figures."""
+    import tracemalloc
+
+    case = LinearCase(**case_fields)
+    impl = next(i for i in LINEAR_IMPLS if i.name == impl_name)
+    data = LinearInputs(case.n, case.d, case.v, case.dtype)
+    with _all_pools(case.threads), impl.threads(case.threads):
+        fn = impl.prepare(case, data)
+        out_bytes = (case.n * case.d + case.v * case.d) * np.dtype(case.dtype).itemsize
+        fn()                      # warm-up: BLAS/OpenMP buffers and thread stacks stay allocated
+        gc.collect()
+        hwm_ok = True
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")                          # reset VmHWM to the current RSS
+        except OSError:
+            hwm_ok = False
+        rss0 = _proc_status_kib("VmRSS") * 1024
+        tracemalloc.start()
+        base = tracemalloc.get_traced_memory()[0]
+        res = fn()
+        traced = tracemalloc.get_traced_memory()[1] - base
+        tracemalloc.stop()
+        hwm = _proc_status_kib("VmHWM") * 1024 - rss0 if hwm_ok else None
+        del res
+    return {"hwm_extra_bytes": None if hwm is None else hwm - out_bytes,
+            "traced_extra_bytes": traced - out_bytes, "output_bytes": out_bytes}
+
+
+def measure_linear_memory(case, impl):
+    """Peak extra memory of one call, measured in a subprocess (see the section comment)."""
+    import subprocess
+
+    fields = dataclasses.asdict(case)
+    proc = subprocess.run([sys.executable, "-c", _LINEAR_MEMORY_CHILD, json.dumps(fields),
+                           impl.name], capture_output=True, text=True)
+    if proc.returncode != 0:
+        msg = (proc.stderr.strip().splitlines() or ["exit code %d" % proc.returncode])[-1]
+        return {"memory_error": msg}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def linear_extra_info(case, impl):
+    """``benchmark.extra_info`` of a bench/test_bench_linear.py case (``kind`` marks it)."""
+    return {"kind": "linear", "impl": impl.name, "impl_version": impl.version(), "n": case.n,
+            "d": case.d, "v": case.v, "dtype": case.dtype, "op": case.op,
+            "threads": case.threads, "usable_cpus": all_cores(), "cpu": cpu_model(),
+            "flops": case.flops}
+
+
+def _linear_ratios(rows):
+    base = next((r for r in rows if r["impl"] == "naive"), None)
+    for r in rows:
+        if base and r.get("best_s") and base.get("best_s"):
+            r["time_vs_naive"] = r["best_s"] / base["best_s"]
+        mem, bmem = r.get("hwm_extra_bytes"), (base or {}).get("hwm_extra_bytes")
+        if mem and bmem:
+            r["memory_vs_naive"] = mem / bmem
+
+
+def run_linear(full=False, impls=None, out=None, budget=None, memory=True):
+    """Time (interleaved rounds) and measure the memory of the linear cases; print a table."""
+    out = sys.stdout if out is None else out
+    budget = LINEAR_BUDGET["full" if full else "quick"] if budget is None else budget
+    rows = []
+    print_linear_header(out)
+    for case in linear_grid(full):
+        chosen = [i for i in select_linear_impls(impls) if i.supports(case)]
+        data = LinearInputs(case.n, case.d, case.v, case.dtype)
+        recs = {i.name: {"kind": "linear", "case": case.label, "id": case.id, "n": case.n,
+                         "d": case.d, "v": case.v, "dtype": case.dtype, "op": case.op,
+                         "threads": case.threads, "impl": i.name, "flops": case.flops}
+                for i in chosen}
+        fns, samples = {}, {i.name: [] for i in chosen}
+        with _all_pools(case.threads):
+            for impl in chosen:
+                try:
+                    with impl.threads(case.threads):
+                        fns[impl.name] = impl.prepare(case, data)
+                        t0 = time.perf_counter()
+                        value = fns[impl.name]()          # warm-up
+                        recs[impl.name]["first_call_s"] = time.perf_counter() - t0
+                        recs[impl.name]["loss"] = _loss_value(value)
+                        del value
+                except Exception as exc:
+                    recs[impl.name]["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+                    fns.pop(impl.name, None)
+            started = time.perf_counter()
+            rounds = 0
+            while fns and (rounds < LINEAR_MIN_ROUNDS or time.perf_counter() - started < budget):
+                for impl in chosen:
+                    if impl.name in fns:
+                        with impl.threads(case.threads):
+                            c0, t0 = time.process_time(), time.perf_counter()
+                            fns[impl.name]()
+                            samples[impl.name].append((time.perf_counter() - t0,
+                                                       time.process_time() - c0))
+                rounds += 1
+        fns.clear()
+        del data
+        gc.collect()
+        for name, s in samples.items():
+            if s:
+                wall = [w for w, _ in s]
+                recs[name].update(best_s=min(wall), median_s=statistics.median(wall),
+                                  cpu_s=min(c for _, c in s), repeats=len(s),
+                                  gflops=case.flops / min(wall) / 1e9)
+        if memory:
+            for impl in chosen:
+                if "error" not in recs[impl.name]:
+                    recs[impl.name].update(measure_linear_memory(case, impl))
+        case_rows = list(recs.values())
+        _linear_ratios(case_rows)
+        print_linear_case(case_rows, out)
+        rows.extend(case_rows)
+    return rows
+
+
+def fmt_bytes(b):
+    if b is None:
+        return "-"
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(b) >= scale:
+            return f"{b / scale:.3g} {unit}"
+    return f"{b} B"
+
+
+_LCOLS = (("linear+grad case", 29, "<"), ("impl", 9, "<"), ("time", 9, ">"), ("GFLOP/s", 8, ">"),
+          ("vs naive", 9, ">"), ("extra mem", 10, ">"), ("vs naive", 9, ">"))
+
+
+def _lline(values):
+    return "  ".join(f"{v:{align}{w}}" for v, (_, w, align) in zip(values, _LCOLS)).rstrip()
+
+
+def print_linear_header(out):
+    print("\nfused linear cross-entropy (loss + grad_hidden + grad_weight); extra mem = peak RSS "
+          "during the call\nabove the RSS before it, minus the returned gradients:", file=out)
+    print(_lline([c[0] for c in _LCOLS]), file=out)
+    print(_lline(["-" * c[1] for c in _LCOLS]), file=out)
+    out.flush()
+
+
+def print_linear_case(rows, out):
+    for i, r in enumerate(rows):
+        case = r["case"] if i == 0 else ""
+        if r.get("error"):
+            print(_lline([case, r["impl"], "error"]) + "  " + r["error"][:80], file=out)
+            continue
+        tv, mv = r.get("time_vs_naive"), r.get("memory_vs_naive")
+        print(_lline([case, r["impl"], fmt_time(r.get("best_s")),
+                      f"{r['gflops']:.0f}" if r.get("gflops") else "-",
+                      "-" if r["impl"] == "naive" else fmt_ratio(tv),
+                      fmt_bytes(r.get("hwm_extra_bytes")),
+                      "-" if r["impl"] == "naive" or mv is None else f"1/{1 / mv:.3g}"]),
+              file=out)
+    out.flush()
 
 
 # --------------------------------------------------------------------------------------------
@@ -752,7 +1224,7 @@ def fmt_ratio(x):
     return f"{x:.3g}x" if x < 100 else f"{x:.0f}x"
 
 
-_COLS = (("case", 29, "<"), ("impl", 19, "<"), ("time", 9, ">"), ("elem/s", 10, ">"),
+_COLS = (("case", 36, "<"), ("impl", 19, "<"), ("time", 9, ">"), ("elem/s", 10, ">"),
          ("GB/s", 7, ">"), ("%bw", 6, ">"), ("fastxent speedup", 17, ">"))
 
 
@@ -838,12 +1310,12 @@ def print_summary(results, out):
     peers = [p for p in dict.fromkeys(r["impl"] for r in rows) if p != "fastxent"]
     print("\nfastxent speedup over each peer, geometric mean (min .. max) over cases:", file=out)
     for p in peers:
-        for op in OPS:
+        for op in ALL_OPS:
             sp = [r["fastxent_speedup"] for r in rows
                   if r["impl"] == p and r["op"] == op and r.get("fastxent_speedup")]
             if sp:
                 gm = math.exp(sum(math.log(s) for s in sp) / len(sp))
-                print(f"  {p:<15} {op:<10} {fmt_ratio(gm):>7}  ({fmt_ratio(min(sp))} .. "
+                print(f"  {p:<15} {op:<15} {fmt_ratio(gm):>7}  ({fmt_ratio(min(sp))} .. "
                       f"{fmt_ratio(max(sp))}, {len(sp)} cases)", file=out)
     notes = ["%bw: GB/s over the measured read bandwidth (loss) or copy bandwidth (loss+grad) at "
              "the case's thread count; > 100% = working set in cache."]
@@ -893,10 +1365,16 @@ def load_results(path):
 
 
 def _from_pytest_benchmark(doc):
-    rows, bandwidth = [], {}
+    rows, bandwidth, linear = [], {}, []
     for b in doc["benchmarks"]:
         e = b.get("extra_info") or {}
         if "impl" not in e:
+            continue
+        if e.get("kind") == "linear":
+            lcase = LinearCase(e["n"], e["d"], e["v"], e["dtype"], e["threads"])
+            linear.append(dict(e, case=lcase.label, id=lcase.id, best_s=b["stats"]["min"],
+                               median_s=b["stats"]["median"], repeats=b["stats"]["rounds"],
+                               gflops=lcase.flops / b["stats"]["min"] / 1e9))
             continue
         case = Case(e["n"], e["c"], e["dtype"], e["op"], e["threads"])
         rec = {"case": case.label, "id": case.id, "n": case.n, "c": case.c, "dtype": case.dtype,
@@ -910,7 +1388,7 @@ def _from_pytest_benchmark(doc):
                 bandwidth.setdefault(case.threads, {})[k] = e[f"bandwidth_{k}_gbs"]
         rows.append(_fill_rates(rec))
     order = {impl.name: i for i, impl in enumerate(IMPLS)}
-    rows.sort(key=lambda r: (r["n"], r["c"], r["dtype"], OPS.index(r["op"]), r["threads"],
+    rows.sort(key=lambda r: (r["n"], r["c"], r["dtype"], ALL_OPS.index(r["op"]), r["threads"],
                              order.get(r["impl"], 99)))
     for _, group in itertools.groupby(rows, key=lambda r: r["id"]):
         _add_speedups(list(group))
@@ -925,7 +1403,16 @@ def _from_pytest_benchmark(doc):
     impls = dict.fromkeys(r["impl"] for r in rows)
     return {"mode": "pytest-benchmark", "date": doc.get("datetime"), "machine": machine,
             "impls": {k: None for k in impls}, "bandwidth_gbs": bandwidth, "results": rows,
-            "threads_scaling": []}
+            "threads_scaling": [], "linear": _group_linear(linear)}
+
+
+def _group_linear(rows):
+    order = {impl.name: i for i, impl in enumerate(LINEAR_IMPLS)}
+    rows.sort(key=lambda r: (r["n"], r["d"], r["v"], r["dtype"], r["threads"],
+                             order.get(r["impl"], 99)))
+    for _, group in itertools.groupby(rows, key=lambda r: r["id"]):
+        _linear_ratios(list(group))
+    return rows
 
 
 def print_report(results, out=None):
@@ -936,6 +1423,10 @@ def print_report(results, out=None):
     for _, group in itertools.groupby(results["results"], key=lambda r: r["id"]):
         print_case(list(group), out)
     print_scaling(results.get("threads_scaling") or [], out)
+    if results.get("linear"):
+        print_linear_header(out)
+        for _, group in itertools.groupby(results["linear"], key=lambda r: r["id"]):
+            print_linear_case(list(group), out)
     print_summary(results, out)
 
 
@@ -959,7 +1450,7 @@ def plot(results, path):
 
     rows = [r for r in results["results"] if r.get("gb_per_s")]
     panels = sorted({(r["op"], r["threads"]) for r in rows},
-                    key=lambda p: (OPS.index(p[0]), p[1]))
+                    key=lambda p: (ALL_OPS.index(p[0]), p[1]))
     scaling = [r for r in results.get("threads_scaling") or [] if r.get("gb_per_s")]
     npanels = len(panels) + (1 if scaling else 0)
     if npanels == 0:

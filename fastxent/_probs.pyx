@@ -11,11 +11,14 @@ Two kinds of kernel, both reading the NumPy arrays' data pointers and strides di
 are never written; the API layer has validated dtypes, shapes and strides):
 
 * ``rows``: cross-entropy from probabilities, entropy and KL divergence, per row along the class
-  axis.  The arrays are (rows, C) or (A, D, C) views (class axis last, any strides).  A row is
-  summed FX_SEG classes at a time, segment sums added in segment order; rows are grouped in
-  blocks of ``rows_per_block`` (chosen from C alone) spread over threads, each block's sum in its
-  own slot, slots combined in block order (compensated).  With fewer rows than threads and rows
-  longer than FX_SEG, one row's segments are spread over the threads instead: same numbers.
+  axis.  The arrays are (rows, C) or (A, D, C) views (class axis last, any strides).  The
+  element terms (p log q, p log p, p (log p - log q)) are written into an L1 buffer of RCH
+  doubles, vectorised over whole runs of rows when rows are short (RCH // C rows at a time) or
+  over RCH-element chunks of a long row, and each row (chunk) is summed with fx_dsum, chunks
+  in order.  Rows are grouped in blocks of ``rows_per_block`` (chosen from C alone) spread over
+  threads, each block's sum in its own slot, slots combined in block order (compensated).  With
+  fewer rows than threads and rows longer than FX_SEG, one row's FX_SEG pieces are spread over
+  the threads instead, each chunk sum kept in a slot and added in order: the same numbers.
 * ``binary``: elementwise binary cross-entropy (on probabilities or logits).  Every operand is a
   2-D (R, K) strided view of the broadcast shape (broadcast weights have zero strides); the flat
   index space is cut into tiles of TILE elements, each tile's sum in its own slot.
@@ -24,46 +27,61 @@ Contiguous runs are used in place, strided ones are gathered into CHUNK-element 
 the gradient scattered back).  Every result is bit-identical for any thread count.
 """
 from cython cimport floating
-from cython.parallel cimport prange
+from cython.parallel cimport prange, threadid
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport malloc, free
 from libc.math cimport fabs, NAN
 
 cimport numpy as cnp
 
-from fastxent._rowmath cimport (FX_SEG, fx_plogf, fx_plog, fx_xlogq_f32, fx_xlogq_f64,
-                                fx_xlogq_grad_f32, fx_xlogq_grad_f64, fx_xlogx_f32, fx_xlogx_f64,
-                                fx_kl_f32, fx_kl_f64, fx_bce_f32, fx_bce_f64, fx_bce_grad_f32,
+from fastxent._rowmath cimport (FX_SEG, fx_xlogq_terms_f32, fx_xlogq_terms_f64, fx_xlogq_grad_f32,
+                                fx_xlogq_grad_f64, fx_xlogx_terms_f32, fx_xlogx_terms_f64,
+                                fx_kl_terms_f32, fx_kl_terms_f64, fx_dsum, fx_pfill_f32,
+                                fx_pfill_f64, fx_bce_f32, fx_bce_f64, fx_bce_grad_f32,
                                 fx_bce_grad_f64, fx_bcel_f32, fx_bcel_f64, fx_bcel_grad_f32,
                                 fx_bcel_grad_f64)
 
 cnp.import_array()
 
 cdef enum:
+    RCH = 2048          # elements per chunk of the row kernels (terms buffer of 16 KiB)
     CHUNK = 512         # elements per chunk of the elementwise kernels (buffers stay in L1)
     TILE = 16384        # elements per partial sum of the elementwise kernels
 
-OP_XENT = 0
-OP_ENTROPY = 1
-OP_KL = 2
-OP_BCE = 0
-OP_BCE_LOGITS = 1
+cdef enum:
+    K_XENT = 0
+    K_ENTROPY = 1
+    K_KL = 2
+    K_BCE = 0
+    K_BCE_LOGITS = 1
+
+# the ``op`` codes of ``rows`` and ``binary``, for the API layer
+OP_XENT = K_XENT
+OP_ENTROPY = K_ENTROPY
+OP_KL = K_KL
+OP_BCE = K_BCE
+OP_BCE_LOGITS = K_BCE_LOGITS
 
 
 # ------------------------------------------------------------------ fused-type names
-cdef inline floating _plog(floating x) noexcept nogil:
-    if floating is float:
-        return fx_plogf(x)
+cdef inline void _terms(int op, int mode, const floating *p, const floating *q, Py_ssize_t n,
+                        double lo, double hi, double *t, int *bad) noexcept nogil:
+    """t[i] = the row loss's term of element i (see _rowmath.h), invalid inputs flagged."""
+    if op == K_ENTROPY:
+        if floating is float:
+            fx_xlogx_terms_f32(p, n, t, bad)
+        else:
+            fx_xlogx_terms_f64(p, n, t, bad)
+    elif op == K_KL:
+        if floating is float:
+            fx_kl_terms_f32(p, q, n, mode, t, bad)
+        else:
+            fx_kl_terms_f64(p, q, n, mode, t, bad)
     else:
-        return fx_plog(x)
-
-
-cdef inline double _xlogq(const floating *p, const floating *q, Py_ssize_t n, double lo, double hi,
-                          int *bad) noexcept nogil:
-    if floating is float:
-        return fx_xlogq_f32(p, q, n, <float>lo, <float>hi, bad)
-    else:
-        return fx_xlogq_f64(p, q, n, lo, hi, bad)
+        if floating is float:
+            fx_xlogq_terms_f32(p, q, n, <float>lo, <float>hi, t, bad)
+        else:
+            fx_xlogq_terms_f64(p, q, n, lo, hi, t, bad)
 
 
 cdef inline void _xlogq_grad(const floating *p, const floating *q, Py_ssize_t n, double lo,
@@ -74,29 +92,23 @@ cdef inline void _xlogq_grad(const floating *p, const floating *q, Py_ssize_t n,
         fx_xlogq_grad_f64(p, q, n, lo, hi, a, g)
 
 
-cdef inline double _xlogx(const floating *p, Py_ssize_t n, int *bad) noexcept nogil:
+cdef inline void _fill(floating *y, Py_ssize_t n, floating v) noexcept nogil:
     if floating is float:
-        return fx_xlogx_f32(p, n, bad)
+        fx_pfill_f32(y, n, v)
     else:
-        return fx_xlogx_f64(p, n, bad)
-
-
-cdef inline double _kl(const floating *p, const floating *q, Py_ssize_t n, int mode,
-                       int *bad) noexcept nogil:
-    if floating is float:
-        return fx_kl_f32(p, q, n, mode, bad)
-    else:
-        return fx_kl_f64(p, q, n, mode, bad)
+        fx_pfill_f64(y, n, v)
 
 
 # ------------------------------------------------------------------ strided access
-cdef inline void _gather(const char *src, Py_ssize_t stride, Py_ssize_t n, floating *buf) noexcept nogil:
+cdef inline void _gather(const char *src, Py_ssize_t stride, Py_ssize_t n,
+                         floating *buf) noexcept nogil:
     cdef Py_ssize_t j
     for j in range(n):
         buf[j] = (<const floating *>(src + j * stride))[0]
 
 
-cdef inline void _scatter(const floating *buf, Py_ssize_t n, char *dst, Py_ssize_t stride) noexcept nogil:
+cdef inline void _scatter(const floating *buf, Py_ssize_t n, char *dst,
+                          Py_ssize_t stride) noexcept nogil:
     cdef Py_ssize_t j
     for j in range(n):
         (<floating *>(dst + j * stride))[0] = buf[j]
@@ -157,79 +169,14 @@ cdef struct RowArgs:
     char *t             # integer labels (N,), contiguous, or NULL
     bint t64            # labels are int64 (else int32)
     Py_ssize_t N, C
-    int op              # OP_XENT, OP_ENTROPY, OP_KL
+    int op              # K_XENT, K_ENTROPY, K_KL
     int mode            # KL: bit 1 q holds log q, bit 2 p holds log p
     double lo, hi       # cross-entropy: q is clipped to [lo, hi]
+    double sign         # row value = sign * sum of the terms (-1: cross-entropy, entropy)
     double gscale       # gradient scale (grad_output / rows for "mean", / ln(base))
     const double *row_scale   # per-row gradient scale (N,) or NULL
     char *vals_out      # per-row values * lscale, contiguous (N,) of the kernel dtype, or NULL
     double lscale       # 1 / ln(base)
-
-
-cdef inline const floating *_seg_ptr(const PArr *a, Py_ssize_t i, Py_ssize_t lo, Py_ssize_t n,
-                                     floating *buf) noexcept nogil:
-    cdef char *src = _prow(a, i) + lo * a.cs
-    if a.cs == sizeof(floating):
-        return <const floating *>src
-    _gather(src, a.cs, n, buf)
-    return buf
-
-
-cdef double _seg(const RowArgs *A, Py_ssize_t i, Py_ssize_t lo, Py_ssize_t n, floating *pb,
-                 floating *qb, floating *gb, int *bad) noexcept nogil:
-    """Row i, classes [lo, lo + n): its part of the row value (gradient written too)."""
-    cdef const floating *pp = _seg_ptr(&A.p, i, lo, n, pb)
-    cdef const floating *qp = NULL
-    cdef floating *gp
-    cdef char *grow
-    cdef double v, gs
-    if A.op == OP_ENTROPY:
-        return -_xlogx(pp, n, bad)
-    qp = _seg_ptr(&A.q, i, lo, n, qb)
-    if A.op == OP_KL:
-        return _kl(pp, qp, n, A.mode, bad)
-    v = -_xlogq(pp, qp, n, A.lo, A.hi, bad)
-    if A.g.base != NULL:
-        gs = A.gscale * (A.row_scale[i] if A.row_scale != NULL else 1.0)
-        grow = _prow(&A.g, i) + lo * A.g.cs
-        gp = <floating *>grow if A.g.cs == sizeof(floating) else gb
-        _xlogq_grad(pp, qp, n, A.lo, A.hi, -gs, gp)
-        if gp == gb:
-            _scatter(gb, n, grow, A.g.cs)
-    return v
-
-
-cdef double _label_row(const RowArgs *A, Py_ssize_t i, int *bad, floating *dummy) noexcept nogil:
-    """Cross-entropy of row i against its integer label: -log(clip(q[i, y]))."""
-    cdef Py_ssize_t y, c, C = A.C
-    cdef floating qv, qc
-    cdef double gs
-    cdef char *qrow = _prow(&A.q, i)
-    cdef char *grow = _prow(&A.g, i) if A.g.base != NULL else NULL
-    if A.t64:
-        y = <Py_ssize_t>(<const int64_t *>A.t)[i]
-    else:
-        y = <Py_ssize_t>(<const int32_t *>A.t)[i]
-    if grow != NULL:
-        if A.g.cs == sizeof(floating):
-            for c in range(C):
-                (<floating *>grow)[c] = 0
-        else:
-            for c in range(C):
-                (<floating *>(grow + c * A.g.cs))[0] = 0
-    if y < 0 or y >= C:
-        bad[0] = 1
-        return NAN
-    qv = (<const floating *>(qrow + y * A.q.cs))[0]
-    if qv < 0:
-        bad[0] = 1
-    qc = <floating>A.lo if qv < A.lo else qv
-    qc = <floating>A.hi if qc > A.hi else qc
-    if grow != NULL:
-        gs = A.gscale * (A.row_scale[i] if A.row_scale != NULL else 1.0)
-        if not (qv < A.lo or qv > A.hi):
-            (<floating *>(grow + y * A.g.cs))[0] = <floating>(-gs / <double>qv)
-    return -<double>_plog(qc)
 
 
 cdef inline void _emit(const RowArgs *A, Py_ssize_t i, double v, floating *dummy) noexcept nogil:
@@ -237,75 +184,213 @@ cdef inline void _emit(const RowArgs *A, Py_ssize_t i, double v, floating *dummy
         (<floating *>A.vals_out)[i] = <floating>(v * A.lscale)
 
 
+cdef inline double _gs(const RowArgs *A, Py_ssize_t i) noexcept nogil:
+    return A.gscale * (A.row_scale[i] if A.row_scale != NULL else 1.0)
+
+
+cdef inline bint _flat(const PArr *a, Py_ssize_t R, Py_ssize_t C, Py_ssize_t isz) noexcept nogil:
+    """R rows from one row on are one contiguous run of R * C elements."""
+    return a.cs == isz and (R == 1 or (a.D == 1 and a.s0 == C * isz))
+
+
+cdef inline const floating *_rows_in(const PArr *a, Py_ssize_t r, Py_ssize_t R, Py_ssize_t C,
+                                     floating *buf) noexcept nogil:
+    """Rows r .. r+R-1 as one contiguous run (in place, or gathered into buf)."""
+    cdef Py_ssize_t j
+    if _flat(a, R, C, sizeof(floating)):
+        return <const floating *>_prow(a, r)
+    for j in range(R):
+        _gather(_prow(a, r + j), a.cs, C, buf + j * C)
+    return buf
+
+
+cdef double _short_rows(const RowArgs *A, Py_ssize_t lo, Py_ssize_t hi, floating *pb, floating *qb,
+                        floating *gb, double *tb, int *bad) noexcept nogil:
+    """Rows lo..hi of C <= RCH classes, RCH // C rows at a time as one contiguous run: terms
+    (vectorised over the run), then each row's sum.  Returns the sum of the row values."""
+    cdef Py_ssize_t C = A.C, G = RCH // A.C, r = lo, R, j, n
+    cdef const floating *pp
+    cdef const floating *qp = NULL
+    cdef floating *gp
+    cdef double v, acc = 0.0
+    while r < hi:
+        R = min(G, hi - r)
+        n = R * C
+        pp = _rows_in(&A.p, r, R, C, pb)
+        if A.op != K_ENTROPY:
+            qp = _rows_in(&A.q, r, R, C, qb)
+        _terms(A.op, A.mode, pp, qp, n, A.lo, A.hi, tb, bad)
+        for j in range(R):
+            v = A.sign * fx_dsum(tb + j * C, C)
+            acc += v
+            _emit(A, r + j, v, pb)
+        if A.g.base != NULL:
+            gp = <floating *>_prow(&A.g, r) if _flat(&A.g, R, C, sizeof(floating)) else gb
+            if A.row_scale == NULL:
+                _xlogq_grad(pp, qp, n, A.lo, A.hi, -A.gscale, gp)
+            else:
+                for j in range(R):
+                    _xlogq_grad(pp + j * C, qp + j * C, C, A.lo, A.hi, -_gs(A, r + j), gp + j * C)
+            if gp == gb:
+                for j in range(R):
+                    _scatter(gb + j * C, C, _prow(&A.g, r + j), A.g.cs)
+        r += R
+    return acc
+
+
+cdef double _long_part(const RowArgs *A, Py_ssize_t i, Py_ssize_t k0, Py_ssize_t k1, floating *pb,
+                       floating *qb, floating *gb, double *tb, int *bad,
+                       double *slots) noexcept nogil:
+    """Classes k0..k1 of row i, RCH at a time: the sum of the chunks' term sums, added in order
+    (each chunk's sum also stored in slots[j] when slots is not NULL)."""
+    cdef Py_ssize_t k = k0, n, j = 0
+    cdef const floating *pp
+    cdef const floating *qp = NULL
+    cdef floating *gp
+    cdef char *gdst
+    cdef double s, acc = 0.0
+    while k < k1:
+        n = min(<Py_ssize_t>RCH, k1 - k)
+        if A.p.cs == sizeof(floating):
+            pp = <const floating *>(_prow(&A.p, i) + k * A.p.cs)
+        else:
+            _gather(_prow(&A.p, i) + k * A.p.cs, A.p.cs, n, pb)
+            pp = pb
+        if A.op != K_ENTROPY:
+            if A.q.cs == sizeof(floating):
+                qp = <const floating *>(_prow(&A.q, i) + k * A.q.cs)
+            else:
+                _gather(_prow(&A.q, i) + k * A.q.cs, A.q.cs, n, qb)
+                qp = qb
+        _terms(A.op, A.mode, pp, qp, n, A.lo, A.hi, tb, bad)
+        s = fx_dsum(tb, n)
+        if slots != NULL:
+            slots[j] = s
+        acc += s
+        if A.g.base != NULL:
+            gdst = _prow(&A.g, i) + k * A.g.cs
+            gp = <floating *>gdst if A.g.cs == sizeof(floating) else gb
+            _xlogq_grad(pp, qp, n, A.lo, A.hi, -_gs(A, i), gp)
+            if gp == gb:
+                _scatter(gb, n, gdst, A.g.cs)
+        k += n
+        j += 1
+    return acc
+
+
+cdef double _label_rows(const RowArgs *A, Py_ssize_t lo, Py_ssize_t hi, floating *pb, floating *qb,
+                        double *tb, int *bad) noexcept nogil:
+    """Integer labels: -log clip(q[i, y_i]) for RCH rows at a time (q[i, y_i] gathered first, so
+    the gradient may overwrite q); the gradient row is 0 but -gs / q[i, y_i] at the label."""
+    cdef Py_ssize_t r = lo, R, j, c, y, C = A.C
+    cdef char *grow
+    cdef floating qv
+    cdef double v, acc = 0.0
+    _fill(pb, RCH, <floating>1)
+    while r < hi:
+        R = min(<Py_ssize_t>RCH, hi - r)
+        for j in range(R):
+            y = <Py_ssize_t>(<const int64_t *>A.t)[r + j] if A.t64 else \
+                <Py_ssize_t>(<const int32_t *>A.t)[r + j]
+            if 0 <= y < C:
+                qb[j] = (<const floating *>(_prow(&A.q, r + j) + y * A.q.cs))[0]
+            else:
+                bad[0] = 1
+                qb[j] = <floating>NAN
+        _terms(K_XENT, 0, pb, qb, R, A.lo, A.hi, tb, bad)
+        for j in range(R):
+            v = -tb[j]
+            acc += v
+            _emit(A, r + j, v, pb)
+        if A.g.base != NULL:
+            for j in range(R):
+                grow = _prow(&A.g, r + j)
+                if A.g.cs == sizeof(floating):
+                    _fill(<floating *>grow, C, <floating>0)
+                else:
+                    for c in range(C):
+                        (<floating *>(grow + c * A.g.cs))[0] = 0
+                y = <Py_ssize_t>(<const int64_t *>A.t)[r + j] if A.t64 else \
+                    <Py_ssize_t>(<const int32_t *>A.t)[r + j]
+                qv = qb[j]
+                if 0 <= y < C and not (qv < A.lo or qv > A.hi):
+                    (<floating *>(grow + y * A.g.cs))[0] = <floating>(-_gs(A, r + j) / <double>qv)
+        r += R
+    return acc
+
+
 cdef void _rows_block(const RowArgs *A, Py_ssize_t lo, Py_ssize_t hi, double *sum_out, int *bad,
                       floating *dummy) noexcept nogil:
-    """Rows lo..hi, one after the other; each row's segments in order."""
-    cdef Py_ssize_t i, k, n, C = A.C, L = min(C, <Py_ssize_t>FX_SEG)
-    cdef floating *pb = NULL
-    cdef floating *qb = NULL
-    cdef floating *gb = NULL
-    cdef double v, acc = 0.0
-    if A.t == NULL:
-        if A.p.cs != sizeof(floating):
-            pb = <floating *>malloc(L * sizeof(floating))
-        if A.op != OP_ENTROPY and A.q.cs != sizeof(floating):
-            qb = <floating *>malloc(L * sizeof(floating))
-        if A.g.base != NULL and A.g.cs != sizeof(floating):
-            gb = <floating *>malloc(L * sizeof(floating))
-    for i in range(lo, hi):
-        if A.t != NULL:
-            v = _label_row(A, i, bad, dummy)
-        else:
-            v = 0.0
-            k = 0
-            while k < C:
-                n = min(C - k, <Py_ssize_t>FX_SEG)
-                v += _seg(A, i, k, n, pb, qb, gb, bad)
-                k += n
-        acc += v
-        _emit(A, i, v, dummy)
-    free(pb)
-    free(qb)
-    free(gb)
+    """Rows lo..hi (one block): their values emitted, their sum in sum_out."""
+    cdef Py_ssize_t i
+    cdef double acc = 0.0, v
+    cdef double *tb = <double *>malloc(RCH * (sizeof(double) + 3 * sizeof(floating)))
+    cdef floating *pb = <floating *>(tb + RCH)
+    cdef floating *qb = pb + RCH
+    cdef floating *gb = qb + RCH
+    if tb == NULL:
+        bad[0] = 2
+        sum_out[0] = NAN
+        return
+    if A.t != NULL:
+        acc = _label_rows(A, lo, hi, pb, qb, tb, bad)
+    elif A.C <= RCH:
+        acc = _short_rows(A, lo, hi, pb, qb, gb, tb, bad)
+    else:
+        for i in range(lo, hi):
+            v = A.sign * _long_part(A, i, 0, A.C, pb, qb, gb, tb, bad, NULL)
+            acc += v
+            _emit(A, i, v, dummy)
+    free(tb)
     sum_out[0] = acc
 
 
 cdef tuple _rows_run(const RowArgs *A, Py_ssize_t rows_per_block, int n_threads, floating *dummy):
-    cdef Py_ssize_t N = A.N, C = A.C, nb, b, lo, hi, i, k, nseg
+    cdef Py_ssize_t N = A.N, C = A.C, nb, b, lo, hi, i, k, j, nseg = 0, per = FX_SEG // RCH
     cdef double total = 0.0, comp = 0.0, v
     cdef int bad = 0
     cdef double *parts = NULL
+    cdef double *slots = NULL
+    cdef double *tbufs = NULL
     cdef int *bads = NULL
     cdef bint split
     if N == 0:
         return 0.0, 0
     split = (n_threads > 1 and N < n_threads and C > FX_SEG and A.t == NULL
              and A.p.cs == sizeof(floating)
-             and (A.op == OP_ENTROPY or A.q.cs == sizeof(floating))
+             and (A.op == K_ENTROPY or A.q.cs == sizeof(floating))
              and (A.g.base == NULL or A.g.cs == sizeof(floating)))
     if split:
         nseg = (C + FX_SEG - 1) // FX_SEG
         nb = nseg
+        slots = <double *>malloc(((C + RCH - 1) // RCH) * sizeof(double))
+        tbufs = <double *>malloc(n_threads * RCH * sizeof(double))
     else:
         nb = (N + rows_per_block - 1) // rows_per_block
     parts = <double *>malloc(nb * sizeof(double))
     bads = <int *>malloc(nb * sizeof(int))
-    if parts == NULL or bads == NULL:
+    if parts == NULL or bads == NULL or (split and (slots == NULL or tbufs == NULL)):
         free(parts)
         free(bads)
+        free(slots)
+        free(tbufs)
         raise MemoryError()
     with nogil:
         if split:
-            # one long row at a time, its segments over the threads; the row's value is the
-            # sum of its segments in order, exactly as _rows_block computes it
+            # one long row at a time, its FX_SEG pieces over the threads; each RCH chunk's sum
+            # goes to its slot and the row's value adds the slots in order, exactly as the
+            # serial path (_long_part) does
             for i in range(N):
                 for k in prange(nseg, schedule="static", num_threads=n_threads):
                     bads[k] = 0
-                    parts[k] = _seg(A, i, k * FX_SEG, min(C - k * FX_SEG, <Py_ssize_t>FX_SEG),
-                                    <floating *>NULL, <floating *>NULL, <floating *>NULL, &bads[k])
+                    _long_part(A, i, k * FX_SEG, min(C, (k + 1) * FX_SEG), <floating *>NULL,
+                               <floating *>NULL, <floating *>NULL, tbufs + threadid() * RCH,
+                               &bads[k], slots + k * per)
                 v = 0.0
+                for j in range((C + RCH - 1) // RCH):
+                    v += slots[j]
+                v = A.sign * v
                 for k in range(nseg):
-                    v += parts[k]
                     bad |= bads[k]
                 _neumaier(&total, &comp, v)
                 _emit(A, i, v, dummy)
@@ -326,6 +411,10 @@ cdef tuple _rows_run(const RowArgs *A, Py_ssize_t rows_per_block, int n_threads,
                 bad |= bads[b]
     free(parts)
     free(bads)
+    free(slots)
+    free(tbufs)
+    if bad & 2:
+        raise MemoryError()
     return _finish(total, comp), bad
 
 
@@ -356,8 +445,10 @@ def rows(p, q, grad_out, labels, int op, int mode, double lo, double hi, double 
     A.mode = mode
     A.lo = lo
     A.hi = hi
+    A.sign = 1.0 if op == K_KL else -1.0
     A.gscale = gscale
-    A.row_scale = NULL if row_scale is None else <const double *>cnp.PyArray_DATA(<cnp.ndarray>row_scale)
+    A.row_scale = (NULL if row_scale is None
+                   else <const double *>cnp.PyArray_DATA(<cnp.ndarray>row_scale))
     A.vals_out = NULL if vals_out is None else <char *>cnp.PyArray_DATA(<cnp.ndarray>vals_out)
     A.lscale = lscale
     if cnp.PyArray_TYPE(ref) == cnp.NPY_FLOAT32:
@@ -443,7 +534,7 @@ cdef double _bin_tile(const BinArgs *A, Py_ssize_t lo, Py_ssize_t hi, int *bad,
             wp = _chunk(&A.w, r, kk, m, wb) if A.w.base != NULL else ones
             pwp = _chunk(&A.pw, r, kk, m, pwb) if A.pw.base != NULL else NULL
             lp = (<floating *>A.loss_out) + pos + c0 if A.loss_out != NULL else lb
-            if A.op == OP_BCE:
+            if A.op == K_BCE:
                 if floating is float:
                     acc += fx_bce_f32(xp, yp, wp, m, ls, lp, bad)
                 else:
@@ -462,7 +553,7 @@ cdef double _bin_tile(const BinArgs *A, Py_ssize_t lo, Py_ssize_t hi, int *bad,
                     fp = fb
                 gdst = A.g.base + r * A.g.s0 + kk * A.g.s1
                 gp = <floating *>gdst if A.g.s1 == sizeof(floating) else gb
-                if A.op == OP_BCE:
+                if A.op == K_BCE:
                     if floating is float:
                         fx_bce_grad_f32(xp, yp, fp, m, gs, gp)
                     else:

@@ -868,30 +868,118 @@ static inline double fx_plog1p(double u)
     return u == (double)INFINITY ? u : l;
 }
 
-/* ------------------------------------------------ rows of probabilities (n contiguous)
- * xlogq:  sum p * log(clip(q, lo, hi)), a term is 0 where p == 0; bad: p < 0 or q < 0.
- * xlogq_grad: g = a * p / q where lo <= q <= hi and p != 0, else 0 (the clip's derivative);
- *             NaN q or p gives NaN.
- * xlogx:  sum p * log(p), 0 log 0 = 0; bad: p < 0.
- * kl:     sum p * (log p - log q) (0 where p == 0); mode bit 1: q holds log q, bit 2: p holds
- *         log p (then p = exp(lp)); bad: a negative probability given as a probability. */
-#define FX_DEFINE_PROBS_ROWS(SFX, T, LOG, EXP)                                          \
-static inline double fx_xlogq_##SFX(const T *p, const T *q, ptrdiff_t n, T lo, T hi,     \
-                                   int *bad)                                            \
-{                                                                                       \
-    double acc = 0.0;                                                                   \
-    int b = 0;                                                                          \
-    FX_PRAGMA(omp simd reduction(+:acc) reduction(|:b))                                 \
-    for (ptrdiff_t i = 0; i < n; i++) {                                                 \
+/* 1 where x is not a positive normal finite number (0, subnormal, inf, NaN, x < 0), i.e. where
+ * the fast logs fx_logf / fx_log (exact on positive normal numbers only) cannot be used. */
+static inline int fx_abnormalf(float x)
+{
+    uint32_t b;
+    memcpy(&b, &x, 4);
+    return (b - 0x00800000u) >= 0x7f000000u;
+}
+
+static inline int fx_abnormal(double x)
+{
+    uint64_t b;
+    memcpy(&b, &x, 8);
+    return (b - 0x0010000000000000ULL) >= 0x7fe0000000000000ULL;
+}
+
+static inline int fx_nocheck(double x)
+{
+    (void)x;
+    return 0;
+}
+
+/* ------------------------------------------------ loops over n contiguous elements
+ * Blocks of FX_PBLK elements: a block is computed with the fast log / exp while a flag records
+ * whether any argument needs the full-range functions (0, subnormal, inf, NaN, negative, an
+ * exp above its range); only then is the block (still in L1) computed again with fx_plog* /
+ * fx_pexp*.  The row-wise losses write one term per element (double) into t; the kernels sum
+ * the terms of a row with fx_dsum (rows of any length, in a fixed order: the result depends on
+ * the data only, never on the thread count).
+ *
+ * xlogq_terms:  t = p * log(clip(q, lo, hi)), 0 where p == 0; bad: p < 0 or q < 0.
+ * xlogq_grad:   g = a * p / q where lo <= q <= hi and p != 0, else 0 (the clip's derivative);
+ *               NaN q or p gives NaN.
+ * xlogx_terms:  t = p * log(p), 0 log 0 = 0; bad: p < 0.
+ * kl_terms:     t = p * (log p - log q) (0 where p == 0); mode bit 1: q holds log q, bit 2: p
+ *               holds log p (then p = exp(lp)); bad: a negative probability given as one. */
+#define FX_PBLK 512
+#define FX_BLOCKS(FAST, SLOW)                                                           \
+    for (ptrdiff_t k = 0; k < n; k += FX_PBLK) {                                        \
+        ptrdiff_t m = n - k < FX_PBLK ? n - k : FX_PBLK;                                \
+        int sp = 0;                                                                     \
+        FAST                                                                            \
+        if (sp) {                                                                       \
+            SLOW                                                                        \
+        }                                                                               \
+    }
+#define FX_XLOGQ_BODY(T, LOG, CHK)                                                      \
+    FX_PRAGMA(omp simd reduction(|:b) reduction(|:sp))                                  \
+    for (ptrdiff_t i = k; i < k + m; i++) {                                             \
         T pi = p[i], qi = q[i];                                                         \
         b |= (pi < 0) | (qi < 0);                                                       \
         T qc = qi < lo ? lo : qi;                                                       \
         qc = qc > hi ? hi : qc;                                                         \
-        double t = (double)pi * (double)LOG(qc);                                        \
-        acc += pi == 0 ? 0.0 : t;                                                       \
-    }                                                                                   \
+        sp |= CHK(qc);                                                                  \
+        double v = (double)pi * (double)LOG(qc);                                        \
+        t[i] = pi == 0 ? 0.0 : v;                                                       \
+    }
+#define FX_XLOGX_BODY(T, LOG, CHK)                                                      \
+    FX_PRAGMA(omp simd reduction(|:b) reduction(|:sp))                                  \
+    for (ptrdiff_t i = k; i < k + m; i++) {                                             \
+        T pi = p[i];                                                                    \
+        b |= pi < 0;                                                                    \
+        sp |= CHK(pi) & (pi != 0);                                                      \
+        double v = (double)pi * (double)LOG(pi);                                        \
+        t[i] = pi == 0 ? 0.0 : v;                                                       \
+    }
+#define FX_KL_BODY(T, LOG, EXP, CHK, EXPMAX)                                            \
+    if (mode == 0) {                                                                    \
+        FX_PRAGMA(omp simd reduction(|:b) reduction(|:sp))                              \
+        for (ptrdiff_t i = k; i < k + m; i++) {                                         \
+            T pi = p[i], qi = q[i];                                                     \
+            b |= (pi < 0) | (qi < 0);                                                   \
+            sp |= (CHK(pi) | CHK(qi)) & (pi != 0);                                      \
+            double v = (double)pi * ((double)LOG(pi) - (double)LOG(qi));                \
+            t[i] = pi == 0 ? 0.0 : v;                                                   \
+        }                                                                               \
+    } else if (mode == 1) {                                                             \
+        FX_PRAGMA(omp simd reduction(|:b) reduction(|:sp))                              \
+        for (ptrdiff_t i = k; i < k + m; i++) {                                         \
+            T pi = p[i];                                                                \
+            b |= pi < 0;                                                                \
+            sp |= CHK(pi) & (pi != 0);                                                  \
+            double v = (double)pi * ((double)LOG(pi) - (double)q[i]);                   \
+            t[i] = pi == 0 ? 0.0 : v;                                                   \
+        }                                                                               \
+    } else if (mode == 2) {                                                             \
+        FX_PRAGMA(omp simd reduction(|:b) reduction(|:sp))                              \
+        for (ptrdiff_t i = k; i < k + m; i++) {                                         \
+            T lp = p[i], qi = q[i];                                                     \
+            T pe = EXP(lp);                                                             \
+            b |= qi < 0;                                                                \
+            sp |= (lp > EXPMAX) | (CHK(qi) & (pe != 0));                                \
+            double v = (double)pe * ((double)lp - (double)LOG(qi));                     \
+            t[i] = pe == 0 ? 0.0 : v;                                                   \
+        }                                                                               \
+    } else {                                                                            \
+        FX_PRAGMA(omp simd reduction(|:sp))                                             \
+        for (ptrdiff_t i = k; i < k + m; i++) {                                         \
+            T lp = p[i];                                                                \
+            T pe = EXP(lp);                                                             \
+            sp |= lp > EXPMAX;                                                          \
+            double v = (double)pe * ((double)lp - (double)q[i]);                        \
+            t[i] = pe == 0 ? 0.0 : v;                                                   \
+        }                                                                               \
+    }
+#define FX_DEFINE_PROBS_ROWS(SFX, T, FLOG, PLOG, FEXP, PEXP, ABN, EXPMAX)               \
+static inline void fx_xlogq_terms_##SFX(const T *p, const T *q, ptrdiff_t n, T lo, T hi,  \
+                                        double *t, int *bad)                            \
+{                                                                                       \
+    int b = 0;                                                                          \
+    FX_BLOCKS(FX_XLOGQ_BODY(T, FLOG, ABN), FX_XLOGQ_BODY(T, PLOG, fx_nocheck))          \
     *bad |= b;                                                                          \
-    return acc;                                                                         \
 }                                                                                       \
 static inline void fx_xlogq_grad_##SFX(const T *p, const T *q, ptrdiff_t n, T lo, T hi,  \
                                        T a, T *g)                                       \
@@ -903,105 +991,138 @@ static inline void fx_xlogq_grad_##SFX(const T *p, const T *q, ptrdiff_t n, T lo
         g[i] = (qi < lo) | (qi > hi) | (pi == 0) ? (T)0 : v;                            \
     }                                                                                   \
 }                                                                                       \
-static inline double fx_xlogx_##SFX(const T *p, ptrdiff_t n, int *bad)                   \
+static inline void fx_xlogx_terms_##SFX(const T *p, ptrdiff_t n, double *t, int *bad)    \
 {                                                                                       \
-    double acc = 0.0;                                                                   \
     int b = 0;                                                                          \
-    FX_PRAGMA(omp simd reduction(+:acc) reduction(|:b))                                 \
-    for (ptrdiff_t i = 0; i < n; i++) {                                                 \
-        T pi = p[i];                                                                    \
-        b |= pi < 0;                                                                    \
-        double t = (double)pi * (double)LOG(pi);                                        \
-        acc += pi == 0 ? 0.0 : t;                                                       \
-    }                                                                                   \
+    FX_BLOCKS(FX_XLOGX_BODY(T, FLOG, ABN), FX_XLOGX_BODY(T, PLOG, fx_nocheck))          \
     *bad |= b;                                                                          \
-    return acc;                                                                         \
 }                                                                                       \
-static inline double fx_kl_##SFX(const T *p, const T *q, ptrdiff_t n, int mode, int *bad) \
+static inline void fx_kl_terms_##SFX(const T *p, const T *q, ptrdiff_t n, int mode,       \
+                                     double *t, int *bad)                               \
 {                                                                                       \
-    double acc = 0.0;                                                                   \
     int b = 0;                                                                          \
-    if (mode == 0) {                                                                    \
-        FX_PRAGMA(omp simd reduction(+:acc) reduction(|:b))                             \
-        for (ptrdiff_t i = 0; i < n; i++) {                                             \
-            T pi = p[i], qi = q[i];                                                     \
-            b |= (pi < 0) | (qi < 0);                                                   \
-            double t = (double)pi * ((double)LOG(pi) - (double)LOG(qi));                \
-            acc += pi == 0 ? 0.0 : t;                                                   \
-        }                                                                               \
-    } else if (mode == 1) {                                                             \
-        FX_PRAGMA(omp simd reduction(+:acc) reduction(|:b))                             \
-        for (ptrdiff_t i = 0; i < n; i++) {                                             \
-            T pi = p[i];                                                                \
-            b |= pi < 0;                                                                \
-            double t = (double)pi * ((double)LOG(pi) - (double)q[i]);                   \
-            acc += pi == 0 ? 0.0 : t;                                                   \
-        }                                                                               \
-    } else if (mode == 2) {                                                             \
-        FX_PRAGMA(omp simd reduction(+:acc) reduction(|:b))                             \
-        for (ptrdiff_t i = 0; i < n; i++) {                                             \
-            T lp = p[i], qi = q[i];                                                     \
-            T pe = EXP(lp);                                                             \
-            b |= qi < 0;                                                                \
-            double t = (double)pe * ((double)lp - (double)LOG(qi));                     \
-            acc += pe == 0 ? 0.0 : t;                                                   \
-        }                                                                               \
-    } else {                                                                            \
-        FX_PRAGMA(omp simd reduction(+:acc))                                            \
-        for (ptrdiff_t i = 0; i < n; i++) {                                             \
-            T lp = p[i];                                                                \
-            T pe = EXP(lp);                                                             \
-            double t = (double)pe * ((double)lp - (double)q[i]);                        \
-            acc += pe == 0 ? 0.0 : t;                                                   \
-        }                                                                               \
-    }                                                                                   \
+    FX_BLOCKS(FX_KL_BODY(T, FLOG, FEXP, ABN, EXPMAX),                                   \
+              FX_KL_BODY(T, PLOG, PEXP, fx_nocheck, EXPMAX))                            \
     *bad |= b;                                                                          \
-    return acc;                                                                         \
 }
-FX_DEFINE_PROBS_ROWS(f32, float, fx_plogf, fx_pexpf)
-FX_DEFINE_PROBS_ROWS(f64, double, fx_plog, fx_pexp)
+FX_DEFINE_PROBS_ROWS(f32, float, fx_logf, fx_plogf, fx_expf, fx_pexpf, fx_abnormalf, 88.0f)
+FX_DEFINE_PROBS_ROWS(f64, double, fx_log, fx_plog, fx_exp, fx_pexp, fx_abnormal, 709.0)
+
+/* sum of n doubles (a row's terms), vectorised: a fixed order for a given n */
+static inline double fx_dsum(const double *t, ptrdiff_t n)
+{
+    double a = 0.0;
+    FX_SIMD_SUM(a)
+    for (ptrdiff_t i = 0; i < n; i++) a += t[i];
+    return a;
+}
+
+/* fill y[0..n) with v (labels: rows of ones as the targets' probabilities) */
+#define FX_DEFINE_PFILL(NAME, T)                                                        \
+static inline void NAME(T *y, ptrdiff_t n, T v)                                          \
+{                                                                                       \
+    for (ptrdiff_t i = 0; i < n; i++) y[i] = v;                                         \
+}
+FX_DEFINE_PFILL(fx_pfill_f32, float)
+FX_DEFINE_PFILL(fx_pfill_f64, double)
+
+/* log1p(u) for 0 <= u <= 1 (softplus): 2 atanh(z), z = u / (2 + u) in [0, 1/3], odd series
+ * (float: 7 terms, truncation 1e-8; double: 18 terms, 4e-18); exact for tiny u, one division. */
+static inline float fx_log1p_unitf(float u)
+{
+    float z = u / (2.0f + u), z2 = z * z;
+    float p = 1.0f / 13.0f;
+    p = p * z2 + 1.0f / 11.0f;
+    p = p * z2 + 1.0f / 9.0f;
+    p = p * z2 + 1.0f / 7.0f;
+    p = p * z2 + 1.0f / 5.0f;
+    p = p * z2 + 1.0f / 3.0f;
+    p = p * z2 + 1.0f;
+    return 2.0f * z * p;
+}
+
+static inline double fx_log1p_unit(double u)
+{
+    double z = u / (2.0 + u), z2 = z * z;
+    double p = 1.0 / 35.0;
+    p = p * z2 + 1.0 / 33.0;
+    p = p * z2 + 1.0 / 31.0;
+    p = p * z2 + 1.0 / 29.0;
+    p = p * z2 + 1.0 / 27.0;
+    p = p * z2 + 1.0 / 25.0;
+    p = p * z2 + 1.0 / 23.0;
+    p = p * z2 + 1.0 / 21.0;
+    p = p * z2 + 1.0 / 19.0;
+    p = p * z2 + 1.0 / 17.0;
+    p = p * z2 + 1.0 / 15.0;
+    p = p * z2 + 1.0 / 13.0;
+    p = p * z2 + 1.0 / 11.0;
+    p = p * z2 + 1.0 / 9.0;
+    p = p * z2 + 1.0 / 7.0;
+    p = p * z2 + 1.0 / 5.0;
+    p = p * z2 + 1.0 / 3.0;
+    return 2.0 * z + 2.0 * z * z2 * p;
+}
 
 /* ------------------------------------------------ binary cross-entropy (n contiguous)
  * On probabilities, as torch:  l = w * ((y - 1) * max(log1p(-p), -100) - y * max(log p, -100)),
- *   bad: p or y outside [0, 1] (NaN included);  grad = f * (p - y) / max((1 - p) p, 1e-12).
+ *   bad: p or y outside [0, 1] (NaN included);  grad = f * (p - y) / max((1 - p) p, 1e-12)
+ *   (1e-12 as a float, as torch, for both dtypes).  Blocks as above (fast logs unless p or 1 - p
+ *   is 0 / subnormal / NaN).
  * On logits, the stable form  l = w * ((1 - y) sp(x) + pw y sp(-x)),  sp(x) = log(1 + e^x)
- *   = max(x, 0) + log1p(e^-|x|) (one exp and one log per element, no overflow for any x; a term
+ *   = max(x, 0) + log1p(e^-|x|) (one exp and one log1p_unit per element, no overflow; a term
  *   whose coefficient is 0 is 0, so infinite logits give the loss's limit);
  *   grad = f * ((1 - y) sigmoid(x) - pw y sigmoid(-x)).  pw == NULL: pos_weight 1.
  * The loss of each element, times ls, is stored in loss[i]; the sum (unscaled) is returned.
  * f is the gradient factor (weight * grad_output); g may alias p / x. */
-#define FX_DEFINE_BINARY(SFX, T, LOG, LOG1P, EXP)                                       \
-static inline double fx_bce_##SFX(const T *p, const T *y, const T *w, ptrdiff_t n, T ls,  \
-                                  T *loss, int *bad)                                    \
-{                                                                                       \
-    double acc = 0.0;                                                                   \
-    int b = 0;                                                                          \
-    FX_PRAGMA(omp simd reduction(+:acc) reduction(|:b))                                 \
-    for (ptrdiff_t i = 0; i < n; i++) {                                                 \
+#define FX_BLOCKS_SUM(FAST, SLOW)                                                       \
+    for (ptrdiff_t k = 0; k < n; k += FX_PBLK) {                                        \
+        ptrdiff_t m = n - k < FX_PBLK ? n - k : FX_PBLK;                                \
+        double a = 0.0;                                                                 \
+        int sp = 0;                                                                     \
+        FAST                                                                            \
+        if (sp) {                                                                       \
+            a = 0.0;                                                                    \
+            SLOW                                                                        \
+        }                                                                               \
+        acc += a;                                                                       \
+    }
+#define FX_BCE_BODY(T, LOG, LOG1P, CHK)                                                 \
+    FX_PRAGMA(omp simd reduction(+:a) reduction(|:b) reduction(|:sp))                   \
+    for (ptrdiff_t i = k; i < k + m; i++) {                                             \
         T pi = p[i], yi = y[i];                                                         \
         b |= !((pi >= 0) & (pi <= 1) & (yi >= 0) & (yi <= 1));                          \
+        sp |= CHK(pi) | CHK(1 - pi);                                                    \
         T lp = LOG(pi), lq = LOG1P(-pi);                                                \
         lp = lp > (T)-100 ? lp : (T)-100;                                               \
         lq = lq > (T)-100 ? lq : (T)-100;                                               \
         T l = w[i] * ((yi - 1) * lq - yi * lp);                                         \
         loss[i] = l * ls;                                                               \
-        acc += (double)l;                                                               \
-    }                                                                                   \
+        a += (double)l;                                                                 \
+    }
+#define FX_DEFINE_BINARY(SFX, T, FLOG, PLOG, FLOG1P, PLOG1P, SOFTLOG1P, EXP, ABN)       \
+static inline double fx_bce_##SFX(const T *p, const T *y, const T *w, ptrdiff_t n, T ls, \
+                                  T *loss, int *bad)                                    \
+{                                                                                       \
+    double acc = 0.0;                                                                   \
+    int b = 0;                                                                          \
+    FX_BLOCKS_SUM(FX_BCE_BODY(T, FLOG, FLOG1P, ABN),                                    \
+                  FX_BCE_BODY(T, PLOG, PLOG1P, fx_nocheck))                             \
     *bad |= b;                                                                          \
     return acc;                                                                         \
 }                                                                                       \
-static inline void fx_bce_grad_##SFX(const T *p, const T *y, const T *f, ptrdiff_t n,     \
+static inline void fx_bce_grad_##SFX(const T *p, const T *y, const T *f, ptrdiff_t n,   \
                                      T gs, T *g)                                        \
 {                                                                                       \
     FX_SIMD                                                                             \
     for (ptrdiff_t i = 0; i < n; i++) {                                                 \
         T pi = p[i];                                                                    \
         T d = (1 - pi) * pi;                                                            \
-        d = d > (T)1e-12 ? d : (T)1e-12;                                                \
+        d = d > (T)1e-12f ? d : (T)1e-12f;                                              \
         g[i] = gs * f[i] * (pi - y[i]) / d;                                             \
     }                                                                                   \
 }                                                                                       \
-static inline double fx_bcel_##SFX(const T *x, const T *y, const T *w, const T *pw,       \
+static inline double fx_bcel_##SFX(const T *x, const T *y, const T *w, const T *pw,     \
                                    ptrdiff_t n, T ls, T *loss)                          \
 {                                                                                       \
     double acc = 0.0;                                                                   \
@@ -1010,7 +1131,7 @@ static inline double fx_bcel_##SFX(const T *x, const T *y, const T *w, const T *
         for (ptrdiff_t i = 0; i < n; i++) {                                             \
             T xi = x[i], yi = y[i];                                                     \
             T ax = xi < 0 ? -xi : xi;                                                   \
-            T l1 = LOG1P(EXP(-ax));                                                     \
+            T l1 = SOFTLOG1P(EXP(-ax));                                                 \
             T spp = (xi > 0 ? xi : (T)0) + l1, spn = (xi < 0 ? -xi : (T)0) + l1;        \
             T a = 1 - yi;                                                               \
             T l = w[i] * ((a == 0 ? (T)0 : a * spp) + (yi == 0 ? (T)0 : yi * spn));     \
@@ -1022,7 +1143,7 @@ static inline double fx_bcel_##SFX(const T *x, const T *y, const T *w, const T *
         for (ptrdiff_t i = 0; i < n; i++) {                                             \
             T xi = x[i], yi = y[i];                                                     \
             T ax = xi < 0 ? -xi : xi;                                                   \
-            T l1 = LOG1P(EXP(-ax));                                                     \
+            T l1 = SOFTLOG1P(EXP(-ax));                                                 \
             T spp = (xi > 0 ? xi : (T)0) + l1, spn = (xi < 0 ? -xi : (T)0) + l1;        \
             T a = 1 - yi, c = pw[i] * yi;                                               \
             T l = w[i] * ((a == 0 ? (T)0 : a * spp) + (c == 0 ? (T)0 : c * spn));       \
@@ -1032,7 +1153,7 @@ static inline double fx_bcel_##SFX(const T *x, const T *y, const T *w, const T *
     }                                                                                   \
     return acc;                                                                         \
 }                                                                                       \
-static inline void fx_bcel_grad_##SFX(const T *x, const T *y, const T *f, const T *pw,    \
+static inline void fx_bcel_grad_##SFX(const T *x, const T *y, const T *f, const T *pw,  \
                                       ptrdiff_t n, T gs, T *g)                          \
 {                                                                                       \
     if (pw == NULL) {                                                                   \
@@ -1055,7 +1176,10 @@ static inline void fx_bcel_grad_##SFX(const T *x, const T *y, const T *f, const 
         }                                                                               \
     }                                                                                   \
 }
-FX_DEFINE_BINARY(f32, float, fx_plogf, fx_plog1pf, fx_expf)
-FX_DEFINE_BINARY(f64, double, fx_plog, fx_plog1p, fx_exp)
+/* FLOG1P: the fast log1p of the lead section (fx_log1pf / fx_log1p: 1 + u positive normal) */
+FX_DEFINE_BINARY(f32, float, fx_logf, fx_plogf, fx_log1pf, fx_plog1pf, fx_log1p_unitf, fx_expf,
+                 fx_abnormalf)
+FX_DEFINE_BINARY(f64, double, fx_log, fx_plog, fx_log1p, fx_plog1p, fx_log1p_unit, fx_exp,
+                 fx_abnormal)
 
 #endif /* FASTXENT_ROWMATH_PROBS_H  (end of the probability family) */

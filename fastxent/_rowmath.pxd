@@ -293,16 +293,22 @@ cdef extern from "_rowmath.h" nogil:
     double fx_pexp(double x)
     float fx_plog1pf(float u)
     double fx_plog1p(double u)
-    double fx_xlogq_f32(const float *p, const float *q, Py_ssize_t n, float lo, float hi, int *bad)
-    double fx_xlogq_f64(const double *p, const double *q, Py_ssize_t n, double lo, double hi, int *bad)
+    void fx_xlogq_terms_f32(const float *p, const float *q, Py_ssize_t n, float lo, float hi,
+                            double *t, int *bad)
+    void fx_xlogq_terms_f64(const double *p, const double *q, Py_ssize_t n, double lo, double hi,
+                            double *t, int *bad)
     void fx_xlogq_grad_f32(const float *p, const float *q, Py_ssize_t n, float lo, float hi, float a,
                            float *g)
     void fx_xlogq_grad_f64(const double *p, const double *q, Py_ssize_t n, double lo, double hi,
                            double a, double *g)
-    double fx_xlogx_f32(const float *p, Py_ssize_t n, int *bad)
-    double fx_xlogx_f64(const double *p, Py_ssize_t n, int *bad)
-    double fx_kl_f32(const float *p, const float *q, Py_ssize_t n, int mode, int *bad)
-    double fx_kl_f64(const double *p, const double *q, Py_ssize_t n, int mode, int *bad)
+    void fx_xlogx_terms_f32(const float *p, Py_ssize_t n, double *t, int *bad)
+    void fx_xlogx_terms_f64(const double *p, Py_ssize_t n, double *t, int *bad)
+    void fx_kl_terms_f32(const float *p, const float *q, Py_ssize_t n, int mode, double *t, int *bad)
+    void fx_kl_terms_f64(const double *p, const double *q, Py_ssize_t n, int mode, double *t,
+                         int *bad)
+    double fx_dsum(const double *t, Py_ssize_t n)
+    void fx_pfill_f32(float *y, Py_ssize_t n, float v)
+    void fx_pfill_f64(double *y, Py_ssize_t n, double v)
     double fx_bce_f32(const float *p, const float *y, const float *w, Py_ssize_t n, float ls,
                       float *loss, int *bad)
     double fx_bce_f64(const double *p, const double *y, const double *w, Py_ssize_t n, double ls,

@@ -23,11 +23,17 @@ row, +inf for a row holding +inf, -inf for an all -inf row) and ``log_softmax`` 
 ``cross_entropy`` / the gradient return NaN for the whole row.  A -inf logit in a finite row is a
 masked class: probability 0, log-probability -inf, gradient 0 there.
 
-``cross_entropy_with_grad`` supports ``grad_output`` (a scalar, or an (N,) array for
-``reduction="none"``), ``out=`` (the gradient is written into the caller's array, which is
+``cross_entropy`` / ``cross_entropy_with_grad`` take the same options as fastxent's: soft targets,
+``axis`` (N-D logits), ``z_loss``, ``softcap``, ``logit_scale``, ``base``, ``return_z_loss``, and
+16-bit logits (computed in float32, gradient in ``grad_dtype``).
+
+``cross_entropy_with_grad`` supports ``grad_output`` (a scalar, or an array of the target's shape
+for ``reduction="none"``), ``out=`` (the gradient is written into the caller's array, which is
 returned) and ``inplace=True`` (the gradient overwrites ``logits``, which is returned).  Both are
 written only after everything was computed, so a bad argument leaves them untouched.
 """
+from types import SimpleNamespace
+
 import numpy as np
 
 __all__ = ["logsumexp", "log_softmax", "softmax", "cross_entropy", "cross_entropy_with_grad"]
@@ -45,12 +51,16 @@ def _as_float_array(x, name):
     return x
 
 
-def _check_target(target, n, c, ignore_index):
+def _check_target(target, row_shape, c, ignore_index):
+    """Hard labels of shape ``row_shape`` (the logits' shape without the class axis): return the
+    flattened (N,) safe class indices and the mask of the rows that are not ignored."""
     target = np.asarray(target)
     if target.dtype.kind not in "iu":
-        raise TypeError(f"target: expected an integer array, got dtype {target.dtype}")
-    if target.shape != (n,):
-        raise ValueError(f"target: expected shape ({n},) to match logits, got {target.shape}")
+        raise TypeError(f"target: expected integer class labels or float class probabilities, "
+                        f"got dtype {target.dtype}")
+    if target.shape != row_shape:
+        raise ValueError(f"target: expected shape {row_shape} to match logits, got {target.shape}")
+    target = target.reshape(-1)
     ignored = target == ignore_index
     bad = ~ignored & ((target < 0) | (target >= c))
     if bad.any():
@@ -124,21 +134,77 @@ def softmax(x, axis=-1, *, num_threads=None):
 # --------------------------------------------------------------------------------------------
 # cross-entropy
 # --------------------------------------------------------------------------------------------
-def _xent_rows(logits, target, weight, ignore_index, reduction, label_smoothing):
-    """Validate, then return everything the loss and the gradient need."""
-    logits = _as_float_array(logits, "logits")
-    if logits.ndim != 2:
-        raise ValueError(f"logits: expected a 2-D (N, C) array, got {logits.ndim}-D")
-    n, c = logits.shape
-    if c == 0:
-        raise ValueError("logits: C (number of classes) must be at least 1")
+def _logits_array(logits):
+    x = np.asarray(logits)
+    if x.dtype not in (np.float16, np.float32, np.float64) and x.dtype.name != "bfloat16":
+        raise TypeError(f"logits: expected a float16, bfloat16, float32 or float64 array, "
+                        f"got dtype {x.dtype}")
+    return x
+
+
+def _compute_dtype(dtype):
+    """float64 logits are computed in float64; float32, float16 and bfloat16 logits in float32."""
+    return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
+
+
+def _rows(a, axis, c):
+    """``a`` with the class axis moved last and flattened to (N, C): one row per position of the
+    other axes, in C order (the order of the flattened target)."""
+    return np.moveaxis(a, axis, -1).reshape(-1, c)
+
+
+def _unrows(g, shape, axis):
+    """Inverse of :func:`_rows`: an (N, C) array back to ``shape`` with the classes at ``axis``."""
+    moved = shape[:axis] + shape[axis + 1:] + (shape[axis],)
+    return np.moveaxis(g.reshape(moved), -1, axis)
+
+
+def _check_options(reduction, label_smoothing, z_loss, softcap, logit_scale, base):
     if reduction not in _REDUCTIONS:
         raise ValueError(f"reduction: expected one of {_REDUCTIONS}, got {reduction!r}")
     eps = float(label_smoothing)
     if not 0.0 <= eps <= 1.0:
         raise ValueError(f"label_smoothing: expected a value in [0, 1], got {label_smoothing!r}")
-    y, valid = _check_target(target, n, c, ignore_index)
-    dt = logits.dtype
+    zl = float(z_loss)
+    if not (zl >= 0.0 and np.isfinite(zl)):
+        raise ValueError(f"z_loss: must be a finite number >= 0, got {z_loss!r}")
+    cap = None
+    if softcap is not None:
+        cap = float(softcap)
+        if not (cap > 0.0 and np.isfinite(cap)):
+            raise ValueError(f"softcap: must be a positive finite number or None, got {softcap!r}")
+    scale = float(logit_scale)
+    if not np.isfinite(scale):
+        raise ValueError(f"logit_scale: must be finite, got {logit_scale!r}")
+    log_base = 1.0
+    if base is not None:
+        b = float(base)
+        if not (b > 0.0 and np.isfinite(b)) or b == 1.0:
+            raise ValueError(f"base: must be a positive finite number other than 1, got {base!r}")
+        log_base = float(np.log(b))
+    return eps, zl, cap, scale, log_base
+
+
+def _xent_rows(logits, target, weight, ignore_index, reduction, label_smoothing, axis=-1,
+               z_loss=0.0, softcap=None, logit_scale=1.0, base=None):
+    """Validate, then return everything the loss and the gradient need (a namespace).
+
+    The logits are viewed as (N, C) rows (class axis last); the transformed logits
+    ``z = cap * tanh(scale * x / cap)`` (``scale * x`` without a softcap) are what the softmax sees.
+    """
+    x = _logits_array(logits)
+    if x.ndim < 2:
+        raise ValueError(f"logits: expected at least 2 dimensions (N, C, ...), got shape {x.shape}")
+    if not -x.ndim <= axis < x.ndim:
+        raise ValueError(f"axis: {axis} is out of bounds for logits of dimension {x.ndim}")
+    axis = axis % x.ndim
+    c = x.shape[axis]
+    if c == 0:
+        raise ValueError("logits: C (number of classes) must be at least 1")
+    row_shape = x.shape[:axis] + x.shape[axis + 1:]
+    eps, zl, cap, scale, log_base = _check_options(reduction, label_smoothing, z_loss, softcap,
+                                                   logit_scale, base)
+    dt = _compute_dtype(x.dtype)
     if weight is None:
         w = np.ones(c, dtype=dt)
     else:
@@ -151,18 +217,55 @@ def _xent_rows(logits, target, weight, ignore_index, reduction, label_smoothing)
             raise ValueError("weight: entries must be finite and non-negative")
         w = w.astype(dt)
 
+    t = np.asarray(target)
+    soft = t.dtype.kind == "f"
+    if soft and t.shape != x.shape:
+        raise ValueError(f"target: soft targets (class probabilities) must have the logits' shape "
+                         f"{x.shape}, got {t.shape}")
     with np.errstate(all="ignore"):
-        logp = log_softmax(logits, axis=1)                       # (N, C)
-        rows = np.arange(n)
-        w_y = np.where(valid, w[y], 0).astype(dt)                # weight of each row's target
-        nll = np.where(valid, -w[y] * logp[rows, y], 0).astype(dt)
-        if eps == 0.0:
-            # As torch: no smoothing term at all (so a masked class does not give 0 * inf = nan).
-            loss = nll
+        z = _rows(x, axis, c).astype(dt, copy=False)            # (N, C)
+        dz = None                                               # dz/dx (None: 1)
+        if cap is not None:
+            u = scale * z / cap
+            z = (cap * np.tanh(u)).astype(dt)
+            dz = (scale / np.cosh(u) ** 2).astype(dt)
+        elif scale != 1.0:
+            z = (scale * z).astype(dt)
+            dz = np.full_like(z, scale)
+        n = z.shape[0]
+        logp = log_softmax(z, axis=1)
+        if soft:
+            # torch's class probabilities: q = (1 - eps) p + eps / C,  loss_i = -sum_c w_c q_c logp_c;
+            # every row counts, and "mean" divides by the number of rows.
+            y = None
+            q = _rows(t, axis, c).astype(dt, copy=False)
+            if eps != 0.0:
+                q = ((1 - eps) * q + eps / c).astype(dt)
+            valid = np.ones(n, dtype=bool)
+            w_y = np.ones(n, dtype=dt)
+            loss = (-np.sum(w * q * logp, axis=1)).astype(dt)
         else:
-            smooth = np.where(valid, -np.sum(logp * w, axis=1), 0).astype(dt)
-            loss = ((1 - eps) * nll + (eps / c) * smooth).astype(dt)
-    return logits, y, valid, w, w_y, logp, loss, eps
+            q = None
+            y, valid = _check_target(t, row_shape, c, ignore_index)
+            rows = np.arange(n)
+            w_y = np.where(valid, w[y], 0).astype(dt)           # weight of each row's target
+            nll = np.where(valid, -w[y] * logp[rows, y], 0).astype(dt)
+            if eps == 0.0:
+                # As torch: no smoothing term at all (so a masked class does not give 0 * inf = nan).
+                loss = nll
+            else:
+                smooth = np.where(valid, -np.sum(logp * w, axis=1), 0).astype(dt)
+                loss = ((1 - eps) * nll + (eps / c) * smooth).astype(dt)
+        lse = None
+        zrow = np.zeros(n, dtype=dt)
+        if zl != 0.0:
+            # z-loss (PaLM): zl * logsumexp(z)^2 per non-ignored row, unweighted
+            lse = logsumexp(z, axis=1)
+            zrow = np.where(valid, zl * lse * lse, 0).astype(dt)
+            loss = (loss + zrow).astype(dt)
+    return SimpleNamespace(x=x, shape=x.shape, axis=axis, row_shape=row_shape, c=c, dt=dt, z=z,
+                           dz=dz, soft=soft, y=y, q=q, valid=valid, w=w, w_y=w_y, loss=loss,
+                           zrow=zrow, lse=lse, eps=eps, zl=zl, log_base=log_base)
 
 
 def _reduce(loss, w_y, reduction, dt):
@@ -180,74 +283,354 @@ def _reduce(loss, w_y, reduction, dt):
         return dt.type(total / total_weight)
 
 
-def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
-                  label_smoothing=0.0, num_threads=None):
-    """Softmax cross-entropy of (N, C) ``logits`` against integer class labels ``target`` (N,).
+def _finish(values, r, reduction):
+    """Reduce per-row ``values``, convert to the unit of ``base``, give "none" the target's shape."""
+    out = _reduce(values, r.w_y, reduction, r.dt)
+    if r.log_base != 1.0:
+        out = (out / r.log_base).astype(r.dt) if reduction == "none" else r.dt.type(out / r.log_base)
+    return out.reshape(r.row_shape) if reduction == "none" else out
 
-    Same semantics as ``torch.nn.functional.cross_entropy``::
+
+def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
+                  label_smoothing=0.0, axis=-1, z_loss=0.0, softcap=None, logit_scale=1.0,
+                  base=None, return_z_loss=False, num_threads=None):
+    """Softmax cross-entropy of ``logits`` (classes along ``axis``) against ``target``.
+
+    Same semantics as ``torch.nn.functional.cross_entropy``.  Hard labels (an integer ``target``
+    of the logits' shape without the class axis)::
 
         loss_i = (1 - eps) * (-w[y_i] * logp[i, y_i]) + (eps / C) * (-sum_c w[c] * logp[i, c])
 
     with ``loss_i = 0`` where ``target == ignore_index``; ``"mean"`` divides the sum by the total
-    weight of the rows that are not ignored.
+    weight of the rows that are not ignored.  Soft targets (a float ``target`` of the logits'
+    shape)::
+
+        loss_i = -sum_c w[c] * q[i, c] * logp[i, c],   q = (1 - eps) * target + eps / C
+
+    and ``"mean"`` divides by the number of rows.  Options: ``logp = log_softmax(z)`` of the
+    transformed logits ``z = softcap * tanh(logit_scale * logits / softcap)`` (``logit_scale *
+    logits`` when ``softcap`` is None); ``z_loss`` adds ``z_loss * logsumexp(z)^2`` to every row
+    that is not ignored; ``base`` divides everything by ``ln(base)``.  ``return_z_loss=True``
+    returns ``(loss, z_term)``, the z-loss part reduced like the loss.  float16 / bfloat16 logits
+    are computed in float32.
     """
-    logits, _, _, _, w_y, _, loss, _ = _xent_rows(
-        logits, target, weight, ignore_index, reduction, label_smoothing)
-    return _reduce(loss, w_y, reduction, logits.dtype)
+    r = _xent_rows(logits, target, weight, ignore_index, reduction, label_smoothing, axis,
+                   z_loss, softcap, logit_scale, base)
+    loss = _finish(r.loss, r, reduction)
+    return (loss, _finish(r.zrow, r, reduction)) if return_z_loss else loss
 
 
 def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
-                            label_smoothing=0.0, grad_output=1.0, out=None, inplace=False,
-                            num_threads=None):
-    """Return ``(loss, grad)``: the loss of :func:`cross_entropy` and d(loss)/d(logits) * grad_output.
+                            label_smoothing=0.0, axis=-1, z_loss=0.0, softcap=None,
+                            logit_scale=1.0, base=None, return_z_loss=False, grad_output=1.0,
+                            out=None, inplace=False, grad_dtype=None, num_threads=None):
+    """Return ``(loss, grad)`` (``(loss, z_term, grad)`` with ``return_z_loss=True``): the loss of
+    :func:`cross_entropy` and d(loss)/d(logits) * grad_output, in the logits' shape.
 
-    Gradient of row i (zero for ignored rows)::
+    Gradient with respect to the transformed logits ``z`` of row i (zero for ignored rows)::
 
-        s * [(1 - eps) * w[y_i] * (p_i - onehot(y_i)) + (eps / C) * (sum(w) * p_i - w)]
+        hard: s * [(1 - eps) * w[y_i] * (p_i - onehot(y_i)) + (eps / C) * (sum(w) * p_i - w)]
+        soft: s * [sum(w * q_i) * p_i - w * q_i]
+        z-loss adds s * 2 * z_loss * logsumexp(z_i) * p_i
 
-    with ``p_i = softmax(logits[i])`` and ``s = grad_output`` (divided by the total weight of the
-    rows that are not ignored for ``"mean"``; row i uses ``grad_output[i]`` when it is an (N,) array,
-    allowed for ``reduction="none"`` only).
+    with ``p_i = softmax(z_i)`` and ``s = grad_output`` (divided by the denominator of ``"mean"``;
+    row i uses ``grad_output[i]`` when it is an array of the target's shape, allowed for
+    ``reduction="none"`` only), then times dz/dlogits (``logit_scale / cosh(logit_scale * x /
+    softcap)^2``, or ``logit_scale``) and divided by ``ln(base)``.  ``grad_dtype``: the
+    gradient's dtype (None: the logits' dtype; float32 is allowed for 16-bit logits).
     """
-    logits, y, valid, w, w_y, logp, loss, eps = _xent_rows(
-        logits, target, weight, ignore_index, reduction, label_smoothing)
-    n, c = logits.shape
-    dt = logits.dtype
+    r = _xent_rows(logits, target, weight, ignore_index, reduction, label_smoothing, axis,
+                   z_loss, softcap, logit_scale, base)
+    n, c = r.z.shape
+    dt = r.dt
+    gdt = r.x.dtype if grad_dtype is None else np.dtype(grad_dtype)
+    if gdt != r.x.dtype and not (gdt == np.float32 and r.x.dtype.itemsize == 2):
+        raise ValueError(f"grad_dtype: must be None, the logits' dtype ({r.x.dtype}) or float32 for "
+                         f"16-bit logits, got {gdt}")
 
     g = np.asarray(grad_output, dtype=np.float64)
     if g.ndim == 0:
         scale = np.full(n, float(g))
-    elif reduction == "none" and g.shape == (n,):
-        scale = g.copy()
+    elif reduction == "none" and g.shape == r.row_shape:
+        scale = g.reshape(-1).copy()
     else:
-        want = f"a scalar or shape ({n},)" if reduction == "none" else "a scalar"
+        want = f"a scalar or shape {r.row_shape}" if reduction == "none" else "a scalar"
         raise ValueError(f"grad_output: expected {want} for reduction={reduction!r}, got shape {g.shape}")
     if out is not None:
-        if not isinstance(out, np.ndarray) or out.shape != (n, c) or out.dtype != dt:
-            raise ValueError(f"out: expected an array of shape {(n, c)} and dtype {dt}")
+        if not isinstance(out, np.ndarray) or out.shape != r.shape or out.dtype != gdt:
+            raise ValueError(f"out: expected an array of shape {r.shape} and dtype {gdt}")
         if not out.flags.writeable:
             raise ValueError("out: array is read-only")
-    if inplace and not logits.flags.writeable:
-        raise ValueError("logits: inplace=True needs a writeable array")
+    if inplace:
+        if not r.x.flags.writeable:
+            raise ValueError("logits: inplace=True needs a writeable array")
+        if gdt != r.x.dtype:
+            raise ValueError(f"grad_dtype: inplace=True writes the logits' own dtype {r.x.dtype}")
 
     with np.errstate(all="ignore"):
         if reduction == "mean":
-            total_weight = np.sum(w_y, dtype=dt)
+            total_weight = np.sum(r.w_y, dtype=dt)
             scale = scale / total_weight if total_weight != 0 else np.full(n, np.nan)
-        scale = np.where(valid, scale, 0).astype(dt)
-        p = softmax(logits, axis=1)                                # NaN rows stay NaN
-        onehot = np.zeros((n, c), dtype=dt)
-        onehot[np.arange(n), y] = 1
-        grad = (1 - eps) * w_y[:, None] * (p - onehot) + (eps / c) * (np.sum(w) * p - w)
+        scale = np.where(r.valid, scale, 0).astype(dt)
+        p = softmax(r.z, axis=1)                                   # NaN rows stay NaN
+        w, eps = r.w, r.eps
+        if r.soft:
+            grad = np.sum(w * r.q, axis=1)[:, None] * p - w * r.q
+        else:
+            onehot = np.zeros((n, c), dtype=dt)
+            onehot[np.arange(n), r.y] = 1
+            grad = (1 - eps) * r.w_y[:, None] * (p - onehot) + (eps / c) * (np.sum(w) * p - w)
+        if r.zl != 0.0:
+            grad = grad + 2 * r.zl * r.lse[:, None] * p
         grad = scale[:, None] * grad
+        if r.dz is not None:
+            grad = grad * r.dz                                     # chain rule through the transform
         # Ignored rows get exactly 0, even when their logits hold NaN / inf.
-        grad = np.where(valid[:, None], grad, 0).astype(dt)
-    result = _reduce(loss, w_y, reduction, dt)
+        grad = np.where(r.valid[:, None], grad, 0).astype(dt)
+        if r.log_base != 1.0:
+            grad = (grad / r.log_base).astype(dt)
+    grad = _unrows(grad, r.shape, r.axis).astype(gdt)
+    result = (_finish(r.loss, r, reduction),)
+    if return_z_loss:
+        result += (_finish(r.zrow, r, reduction),)
 
     if inplace:
         logits[...] = grad
-        return result, logits
+        return result + (logits,)
     if out is not None:
         out[...] = grad
-        return result, out
-    return result, grad
+        return result + (out,)
+    return result + (grad,)
+
+
+# --------------------------------------------------------------------------------------------
+# probability family: cross-entropy from probabilities, binary cross-entropy, entropy, KL,
+# perplexity (the ground truth of fastxent._probs_api; same signatures minus num_threads/out)
+# --------------------------------------------------------------------------------------------
+__all__ += ["cross_entropy_from_probs", "cross_entropy_from_probs_with_grad",
+            "binary_cross_entropy", "binary_cross_entropy_with_grad",
+            "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_with_grad",
+            "entropy", "kl_divergence", "perplexity"]
+
+
+def _log_unit(base):
+    """1 / ln(base): nats -> the unit of ``base`` (None: nats)."""
+    if base is None:
+        return 1.0
+    b = float(base)
+    if not (b > 0 and np.isfinite(b)) or b == 1:
+        raise ValueError(f"base: must be a positive finite number other than 1, got {base!r}")
+    return 1.0 / np.log(b)
+
+
+def _check_reduction(reduction, allowed=_REDUCTIONS):
+    if reduction not in allowed:
+        raise ValueError(f"reduction: expected one of {allowed}, got {reduction!r}")
+
+
+def _check_nonneg(a, name):
+    with np.errstate(invalid="ignore"):
+        if np.any(a < 0):
+            raise ValueError(f"{name}: probabilities must be non-negative")
+
+
+def _xlogy(x, y):
+    """x * log(y) with 0 * log(anything) = 0 (NaN stays NaN)."""
+    with np.errstate(all="ignore"):
+        return np.where(x == 0, np.zeros((), dtype=np.result_type(x, y)), x * np.log(y))
+
+
+def _probs_and_q(p, q, axis):
+    """(P, q, axis): targets as probabilities of q's shape (integer labels become one-hot)."""
+    q = _as_float_array(q, "q")
+    axis = axis % q.ndim
+    p = np.asarray(p)
+    if p.shape == q.shape:
+        dt = np.result_type(q.dtype, p.dtype) if p.dtype.kind == "f" else q.dtype
+        return p.astype(dt), q.astype(dt), axis
+    row_shape = q.shape[:axis] + q.shape[axis + 1:]
+    if p.shape != row_shape or p.dtype.kind not in "iu":
+        raise ValueError(f"p: expected q's shape {q.shape} or integer labels of shape {row_shape}")
+    c = q.shape[axis]
+    if np.any((p < 0) | (p >= c)):
+        raise ValueError(f"p: labels must be in [0, {c})")
+    P = np.zeros(q.shape, dtype=q.dtype)
+    np.put_along_axis(P, np.expand_dims(p.astype(np.intp), axis), 1, axis=axis)
+    return P, q, axis
+
+
+def _reduce_rows(rows, reduction, dt):
+    if reduction == "none":
+        return rows.astype(dt)[()]
+    if reduction == "sum":
+        return dt.type(np.sum(rows))
+    return dt.type(np.mean(rows)) if rows.size else dt.type(np.nan)
+
+
+def cross_entropy_from_probs(p, q, *, eps=None, axis=-1, reduction="mean", base=None,
+                             num_threads=None):
+    """-sum_c p_c log(clip(q_c, eps, 1)) per row along ``axis`` (0 log 0 = 0); eps=None: the
+    machine epsilon of q's dtype; integer labels p pick -log q[label]."""
+    _check_reduction(reduction)
+    P, q, axis = _probs_and_q(p, q, axis)
+    _check_nonneg(P, "p")
+    _check_nonneg(q, "q")
+    dt = q.dtype
+    e = np.finfo(dt).eps if eps is None else eps
+    qc = np.clip(q, dt.type(e), dt.type(1))
+    rows = -np.sum(_xlogy(P, qc), axis=axis) * dt.type(_log_unit(base))
+    return _reduce_rows(rows, reduction, dt)
+
+
+def cross_entropy_from_probs_with_grad(p, q, *, eps=None, axis=-1, reduction="mean", base=None,
+                                       grad_output=1.0, num_threads=None):
+    """(loss, d loss / d q): grad = -p / q * s where eps <= q <= 1 and p != 0, else 0."""
+    loss = cross_entropy_from_probs(p, q, eps=eps, axis=axis, reduction=reduction, base=base)
+    P, q, axis = _probs_and_q(p, q, axis)
+    dt = q.dtype
+    e = np.finfo(dt).eps if eps is None else eps
+    g = np.asarray(grad_output, dtype=np.float64)
+    s = g if (reduction == "none" and g.ndim) else float(g)
+    s = np.expand_dims(s, axis) if np.ndim(s) else s
+    s = s * _log_unit(base)
+    if reduction == "mean":
+        n = q.size // q.shape[axis]
+        s = s / n if n else s * np.nan
+    with np.errstate(all="ignore"):
+        grad = np.where((q < e) | (q > 1) | (P == 0), 0.0, -s * P / q).astype(dt)
+    return loss, grad
+
+
+def entropy(p, axis=-1, base=None, *, num_threads=None):
+    """-sum p log p per row along ``axis`` (0 log 0 = 0), p's shape without ``axis``."""
+    p = _as_float_array(p, "p")
+    _check_nonneg(p, "p")
+    return (-np.sum(_xlogy(p, p), axis=axis) * p.dtype.type(_log_unit(base))).astype(p.dtype)[()]
+
+
+def kl_divergence(p, q, *, axis=-1, reduction="none", base=None, log_q=False, log_p=False,
+                  num_threads=None):
+    """sum p (log p - log q) per row along ``axis`` (terms with p == 0 are 0); log_q / log_p:
+    the argument holds log-probabilities.  reduction: none (per row), sum, mean (sum / p.size),
+    batchmean (sum / p.shape[0])."""
+    _check_reduction(reduction, ("none", "sum", "mean", "batchmean"))
+    p = _as_float_array(p, "p")
+    q = _as_float_array(q, "q")
+    dt = np.result_type(p.dtype, q.dtype)
+    p, q = p.astype(dt), q.astype(dt)
+    if not log_p:
+        _check_nonneg(p, "p")
+    if not log_q:
+        _check_nonneg(q, "q")
+    with np.errstate(all="ignore"):
+        pe = np.exp(p) if log_p else p
+        lp = p if log_p else np.log(p)
+        lq = q if log_q else np.log(q)
+        terms = np.where(pe == 0, 0.0, pe * (lp - lq)).astype(dt)
+    rows = np.sum(terms, axis=axis) * _log_unit(base)
+    if reduction == "none":
+        return rows.astype(dt)[()]
+    total = np.sum(rows)
+    if reduction == "mean":
+        total = total / p.size if p.size else np.nan
+    elif reduction == "batchmean":
+        total = total / p.shape[0] if p.shape[0] else np.nan
+    return dt.type(total)
+
+
+def perplexity(logits, target, *, base=None, **cross_entropy_kwargs):
+    """exp(mean cross-entropy in nats); ``base`` does not change it."""
+    _log_unit(base)
+    loss = cross_entropy(logits, target, **cross_entropy_kwargs)
+    with np.errstate(over="ignore"):
+        return np.exp(loss)
+
+
+def _binary_args(x, target, weight, pos_weight, reduction, xname):
+    _check_reduction(reduction)
+    x = _as_float_array(x, xname)
+    dt = x.dtype
+    y = np.asarray(target)
+    if y.shape != x.shape:
+        raise ValueError(f"target: expected shape {x.shape}, got {y.shape}")
+    y = y.astype(dt)
+    w = np.ones((), dt) if weight is None else np.asarray(weight).astype(dt)
+    pw = np.ones((), dt) if pos_weight is None else np.asarray(pos_weight).astype(dt)
+    for a, name in ((w, "weight"), (pw, "pos_weight")):
+        if np.broadcast_shapes(a.shape, x.shape) != x.shape:
+            raise ValueError(f"{name}: cannot be broadcast to shape {x.shape}")
+    return x, y, w, pw, dt
+
+
+def _reduce_elems(loss, reduction, dt):
+    if reduction == "none":
+        return loss.astype(dt)[()]
+    if reduction == "sum":
+        return dt.type(np.sum(loss))
+    return dt.type(np.mean(loss)) if loss.size else dt.type(np.nan)
+
+
+def _elem_grad_scale(grad_output, reduction, n, base):
+    g = np.asarray(grad_output, dtype=np.float64)
+    s = g if reduction == "none" else float(g)
+    s = s * _log_unit(base)
+    if reduction == "mean":
+        s = s / n if n else s * np.nan
+    return s
+
+
+def binary_cross_entropy(probs, target, *, weight=None, reduction="mean", base=None,
+                         num_threads=None):
+    """As torch: -w (y max(log p, -100) + (1 - y) max(log(1 - p), -100)); p, y in [0, 1]."""
+    p, y, w, _, dt = _binary_args(probs, target, weight, None, reduction, "probs")
+    if np.any(~((p >= 0) & (p <= 1))) or np.any(~((y >= 0) & (y <= 1))):
+        raise ValueError("probs: all elements must be in [0, 1]")
+    with np.errstate(all="ignore"):
+        lp = np.maximum(np.log(p), -100)
+        lq = np.maximum(np.log1p(-p), -100)
+        loss = (w * ((y - 1) * lq - y * lp) * _log_unit(base)).astype(dt)
+    return _reduce_elems(loss, reduction, dt)
+
+
+def binary_cross_entropy_with_grad(probs, target, *, weight=None, reduction="mean", base=None,
+                                   grad_output=1.0, num_threads=None):
+    """(loss, grad): grad = w (p - y) / max((1 - p) p, 1e-12) * s, torch's formula."""
+    loss = binary_cross_entropy(probs, target, weight=weight, reduction=reduction, base=base)
+    p, y, w, _, dt = _binary_args(probs, target, weight, None, reduction, "probs")
+    s = _elem_grad_scale(grad_output, reduction, p.size, base)
+    # torch's EPSILON is the float 1e-12 (9.99999996e-13), also for double
+    grad = (s * w * (p - y) / np.maximum((1 - p) * p, float(np.float32(1e-12)))).astype(dt)
+    return loss, np.broadcast_to(grad, p.shape).copy()
+
+
+def _softplus(x):
+    """log(1 + exp(x)) without overflow."""
+    return np.logaddexp(np.zeros((), x.dtype), x)
+
+
+def binary_cross_entropy_with_logits(logits, target, *, weight=None, pos_weight=None,
+                                     reduction="mean", base=None, num_threads=None):
+    """w ((1 - y) softplus(x) + pw y softplus(-x)), a term with a zero coefficient being 0
+    (algebraically torch's (1 - y) x - (1 + (pw - 1) y) log sigmoid(x))."""
+    x, y, w, pw, dt = _binary_args(logits, target, weight, pos_weight, reduction, "logits")
+    with np.errstate(all="ignore"):
+        a, c = 1 - y, pw * y
+        t1 = np.where(a == 0, 0.0, a * _softplus(x))
+        t2 = np.where(c == 0, 0.0, c * _softplus(-x))
+        loss = (w * (t1 + t2) * _log_unit(base)).astype(dt)
+    return _reduce_elems(loss, reduction, dt)
+
+
+def binary_cross_entropy_with_logits_with_grad(logits, target, *, weight=None, pos_weight=None,
+                                               reduction="mean", base=None, grad_output=1.0,
+                                               num_threads=None):
+    """(loss, grad): grad = w ((1 - y) sigmoid(x) - pw y sigmoid(-x)) * s."""
+    loss = binary_cross_entropy_with_logits(logits, target, weight=weight, pos_weight=pos_weight,
+                                            reduction=reduction, base=base)
+    x, y, w, pw, dt = _binary_args(logits, target, weight, pos_weight, reduction, "logits")
+    s = _elem_grad_scale(grad_output, reduction, x.size, base)
+    with np.errstate(all="ignore"):
+        sig = np.exp(-_softplus(-x))          # sigmoid(x)
+        sig_n = np.exp(-_softplus(x))         # sigmoid(-x)
+        grad = (s * w * ((1 - y) * sig - pw * y * sig_n)).astype(dt)
+    return loss, np.broadcast_to(grad, x.shape).copy()

@@ -1,0 +1,340 @@
+"""PyTorch drop-in: ``fastxent.torch.cross_entropy`` and ``fastxent.torch.CrossEntropyLoss``.
+
+Optional integration (``pip install fastxent[torch]``): this module imports torch; ``import
+fastxent`` never does.  Layering: this module only converts tensors and calls the public
+NumPy API (``fastxent.cross_entropy``, ``cross_entropy_with_grad``, ``linear_cross_entropy``).
+
+How it works
+------------
+* CPU tensors are handed to the kernels zero-copy: ``tensor.detach().numpy()`` is a view of the
+  tensor's memory (any strides, storage offsets included).  float32, float64 and float16 are
+  read directly.  bfloat16 is read directly when ``ml_dtypes`` is installed (the tensor's bits
+  are viewed as ``ml_dtypes.bfloat16``); without it the logits are converted to float32 (one
+  copy) and the gradient converted back.
+* With gradients (``torch.is_grad_enabled()`` and ``input.requires_grad``), the forward runs
+  the fused loss+gradient kernel once and saves d(loss)/d(input) (unit ``grad_output``, written
+  into a new tensor); the backward only scales it by ``grad_output`` (for reduction="none",
+  row by row; when ``grad_output`` is exactly 1, the saved tensor is returned as is).  So the
+  forward costs one pass over the logits and the backward at most one more, and the memory
+  held between them is one logits-sized tensor (as torch's own saved log-softmax).
+* Without gradients (``torch.no_grad()``, inference tensors, or an input that does not require
+  grad) only the loss kernel runs: no gradient is computed or allocated.
+* ``torch.compile``: the computation is the custom op ``torch.ops.fastxent.cross_entropy``
+  (``torch.library.custom_op`` with a fake implementation and a registered autograd formula),
+  so a compiled training step traces through it without a graph break.
+* Falls back to ``torch.nn.functional.cross_entropy`` (same result, torch's speed) for
+  tensors not on the CPU (CUDA, MPS, meta, ...), for a ``target`` or ``weight`` that requires
+  grad (torch differentiates soft targets; it rejects a weight requiring grad), and for
+  dtypes fastxent has no kernel for.  ``fastxent.torch.fallback_reason(...)`` says which.
+* Class-index targets may have any integer dtype (torch itself wants int64 or uint8).
+* ``num_threads=`` (keyword, an extension of torch's signature) sets fastxent's OpenMP
+  threads for the call; by default they follow OMP_NUM_THREADS / threadpoolctl, not
+  ``torch.set_num_threads``.
+"""
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import fastxent as _fx
+from ._linear import linear_cross_entropy as _linear_cross_entropy_np
+
+__all__ = ["CrossEntropyLoss", "as_numpy", "cross_entropy", "fallback_reason",
+           "linear_cross_entropy"]
+
+try:                                   # bfloat16 as a NumPy dtype, for zero-copy bf16 tensors
+    import ml_dtypes as _ml_dtypes
+    _BF16 = np.dtype(_ml_dtypes.bfloat16)
+except ImportError:                    # pragma: no cover - depends on the environment
+    _BF16 = None
+
+_KERNEL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+# ------------------------------------------------------------------ tensors <-> NumPy
+def _np_view(t, copy_bf16=True):
+    """A CPU tensor as an ndarray sharing its memory (bfloat16 without ml_dtypes: a float32 copy)."""
+    t = t.detach()
+    if t.dtype == torch.bfloat16:
+        if _BF16 is not None:
+            return t.view(torch.int16).numpy().view(_BF16)
+        if not copy_bf16:
+            raise TypeError("bfloat16 tensors need ml_dtypes (pip install ml_dtypes) "
+                            "to be viewed as NumPy arrays")
+        return t.float().numpy()
+    if t.is_conj() or t.is_neg():
+        t = t.resolve_conj().resolve_neg()
+    return t.numpy()
+
+
+def as_numpy(obj):
+    """``obj`` as a NumPy array, zero-copy where possible.
+
+    * NumPy arrays are returned as they are.
+    * torch tensors on the CPU: a view of their memory (``detach().numpy()``; requires_grad is
+      ignored); bfloat16 needs ``ml_dtypes`` for that.  Tensors on other devices raise
+      ValueError (copy them with ``.cpu()`` first, deliberately).
+    * objects with ``__dlpack__`` (JAX, CuPy, TensorFlow, Arrow, ...): ``np.from_dlpack``, a
+      view of CPU memory; when that is not possible (another device, an unsupported dtype),
+    * anything else, and ``__array__`` objects: ``np.asarray`` (a view when the object allows).
+    """
+    if isinstance(obj, np.ndarray):
+        return obj
+    if isinstance(obj, torch.Tensor):
+        if obj.device.type != "cpu":
+            raise ValueError(f"as_numpy: the tensor is on {obj.device}; NumPy needs CPU memory, "
+                             "copy it with .cpu() first")
+        return _np_view(obj, copy_bf16=False)
+    if hasattr(obj, "__dlpack__"):
+        try:
+            return np.from_dlpack(obj)
+        except (BufferError, TypeError, ValueError, RuntimeError):
+            pass
+    return np.asarray(obj)
+
+
+def _reduction_of(size_average, reduce, reduction):
+    if size_average is not None or reduce is not None:
+        return torch.nn._reduction.legacy_get_string(size_average, reduce)
+    return reduction
+
+
+def fallback_reason(input, target, weight=None):
+    """Why ``cross_entropy`` would hand these tensors to torch, or None when fastxent runs."""
+    if not isinstance(input, torch.Tensor) or not isinstance(target, torch.Tensor):
+        return "input and target must be tensors"
+    for t, name in ((input, "input"), (target, "target"), (weight, "weight")):
+        if t is not None and t.device.type != "cpu":
+            return f"{name} is on {t.device}, fastxent runs on the CPU"
+    if input.dtype not in _KERNEL_DTYPES:
+        return f"input dtype {input.dtype} has no fastxent kernel"
+    if target.is_floating_point() and target.dtype not in _KERNEL_DTYPES:
+        return f"target dtype {target.dtype} has no fastxent kernel"
+    if torch.is_grad_enabled():
+        if target.requires_grad:
+            return "target requires grad (fastxent differentiates the input only)"
+        if weight is not None and weight.requires_grad:
+            return "weight requires grad"
+    return None
+
+
+# ------------------------------------------------------------------ the computation
+def _forward(input, target, weight, ignore_index, reduction, label_smoothing, need_grad,
+             num_threads):
+    """(loss, grad or None) for CPU tensors: d(loss)/d(input) at unit grad_output."""
+    x = _np_view(input)
+    t = _np_view(target)
+    w = None if weight is None else _np_view(weight)
+    kw = dict(weight=w, ignore_index=ignore_index, reduction=reduction,
+              label_smoothing=label_smoothing, axis=1,
+              num_threads=num_threads if num_threads else None)
+    grad = None
+    if need_grad:
+        # A new tensor from torch's allocator, written by the kernel through a NumPy view.
+        kernel_writes_input_dtype = input.dtype != torch.bfloat16 or _BF16 is not None
+        grad = torch.empty(input.shape, dtype=input.dtype if kernel_writes_input_dtype
+                           else torch.float32)
+        loss, _ = _fx.cross_entropy_with_grad(x, t, out=_np_view(grad), **kw)
+        if grad.dtype != input.dtype:
+            grad = grad.to(input.dtype)
+    else:
+        loss = _fx.cross_entropy(x, t, **kw)
+    if isinstance(loss, np.ndarray):
+        loss_t = torch.from_numpy(loss)
+    else:
+        loss_t = torch.tensor(float(loss), dtype=torch.float64 if loss.dtype == np.float64
+                              else torch.float32)
+    if loss_t.dtype != input.dtype:
+        loss_t = loss_t.to(input.dtype)
+    return loss_t, grad
+
+
+def _scale(grad, grad_output, reduction):
+    """The backward: the saved unit gradient times grad_output (row-wise for "none")."""
+    if reduction == "none":
+        if grad.dim() > 1:
+            grad_output = grad_output.unsqueeze(1)        # (N, d1, ...) -> (N, 1, d1, ...)
+        return grad * grad_output
+    return grad * grad_output
+
+
+class _CrossEntropyFunction(torch.autograd.Function):
+    """Eager autograd: forward = fused loss+grad kernel, backward = scale the saved gradient."""
+
+    @staticmethod
+    def forward(ctx, input, target, weight, ignore_index, reduction, label_smoothing,
+                num_threads):
+        loss, grad = _forward(input, target, weight, ignore_index, reduction, label_smoothing,
+                              True, num_threads)
+        ctx.save_for_backward(grad)
+        ctx.reduction = reduction
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (grad,) = ctx.saved_tensors
+        if ctx.reduction != "none" and grad_output.numel() == 1 and grad_output.item() == 1.0:
+            out = grad          # loss.backward(): nothing to scale (autograd copies if needed)
+        else:
+            out = _scale(grad, grad_output, ctx.reduction)
+        return out, None, None, None, None, None, None
+
+
+# The same computation as a custom op, for torch.compile (dynamo cannot trace into NumPy).
+@torch.library.custom_op("fastxent::cross_entropy", mutates_args=(), device_types="cpu")
+def _cross_entropy_op(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
+                      ignore_index: int, reduction: str, label_smoothing: float,
+                      compute_grad: bool, num_threads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, d(loss)/d(input) at unit grad_output); the gradient is an empty tensor when
+    compute_grad is False."""
+    loss, grad = _forward(input, target, weight, ignore_index, reduction, label_smoothing,
+                          compute_grad, num_threads)
+    return loss, (grad if grad is not None else input.new_empty((0,)))
+
+
+def _loss_shape(input, target):
+    if not target.is_floating_point():
+        return target.shape
+    return input.shape[:1] + input.shape[2:]
+
+
+@_cross_entropy_op.register_fake
+def _(input, target, weight, ignore_index, reduction, label_smoothing, compute_grad,
+      num_threads):
+    shape = _loss_shape(input, target) if reduction == "none" else ()
+    loss = input.new_empty(shape)
+    grad = input.new_empty(input.shape) if compute_grad else input.new_empty((0,))
+    return loss, grad
+
+
+def _op_setup_context(ctx, inputs, output):
+    ctx.reduction = inputs[4]
+    ctx.compute_grad = inputs[6]
+    ctx.save_for_backward(output[1])
+
+
+def _op_backward(ctx, grad_loss, _grad_grad):
+    if not ctx.compute_grad:
+        raise RuntimeError("fastxent::cross_entropy was called with compute_grad=False; "
+                           "call fastxent.torch.cross_entropy instead")
+    (grad,) = ctx.saved_tensors
+    return _scale(grad, grad_loss, ctx.reduction), None, None, None, None, None, None, None
+
+
+_cross_entropy_op.register_autograd(_op_backward, setup_context=_op_setup_context)
+
+
+def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
+                  reduction="mean", label_smoothing=0.0, *, num_threads=None):
+    """``torch.nn.functional.cross_entropy`` computed by fastxent's fused kernels.
+
+    Same arguments and results as torch's: input (N, C), (C,) or (N, C, d1, ...); target class
+    indices (any integer dtype) or class probabilities (input's shape); weight (C,);
+    ignore_index; reduction "mean" | "sum" | "none"; label_smoothing; the deprecated
+    size_average/reduce.  ``num_threads``: fastxent's threads for this call (default: the
+    OpenMP default, which OMP_NUM_THREADS and threadpoolctl set).  See the module docstring
+    for what falls back to torch.
+    """
+    reduction = _reduction_of(size_average, reduce, reduction)
+    if fallback_reason(input, target, weight) is not None:
+        return F.cross_entropy(input, target, weight=weight, ignore_index=ignore_index,
+                               reduction=reduction, label_smoothing=label_smoothing)
+    unbatched = input.dim() == 1
+    if unbatched:                                   # (C,) with a () label or (C,) probabilities
+        input, target = input.unsqueeze(0), target.unsqueeze(0)
+    nt = 0 if num_threads is None else _fx._api._num_threads(num_threads)   # 0: the default
+    need_grad = torch.is_grad_enabled() and input.requires_grad
+    if torch.compiler.is_compiling():
+        loss = _cross_entropy_op(input, target, weight, ignore_index, reduction,
+                                 float(label_smoothing), need_grad, nt)[0]
+    elif need_grad:
+        loss = _CrossEntropyFunction.apply(input, target, weight, ignore_index, reduction,
+                                           float(label_smoothing), nt)
+    else:
+        loss = _forward(input, target, weight, ignore_index, reduction, float(label_smoothing),
+                        False, nt)[0]
+    if unbatched and reduction == "none":
+        loss = loss.squeeze(0)
+    return loss
+
+
+class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
+    """``torch.nn.CrossEntropyLoss`` (same constructor, attributes and state dict) computed by
+    ``fastxent.torch.cross_entropy``; ``num_threads`` is an optional extra keyword."""
+
+    def __init__(self, weight=None, size_average=None, ignore_index=-100, reduce=None,
+                 reduction="mean", label_smoothing=0.0, *, num_threads=None):
+        super().__init__(weight=weight, size_average=size_average, ignore_index=ignore_index,
+                         reduce=reduce, reduction=reduction, label_smoothing=label_smoothing)
+        self.num_threads = num_threads
+
+    def forward(self, input, target):
+        return cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
+                             reduction=self.reduction, label_smoothing=self.label_smoothing,
+                             num_threads=self.num_threads)
+
+
+# ------------------------------------------------------------------ fused linear cross-entropy
+class _LinearCrossEntropyFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, target, bias, options):
+        has_bias = bias is not None
+        res = _linear_cross_entropy_np(
+            _np_view(hidden), _np_view(weight), _np_view(target),
+            bias=None if bias is None else _np_view(bias), return_grad=True, **options)
+        loss = res[0]
+        loss_t = torch.from_numpy(np.asarray(loss)).to(hidden.dtype)
+        ctx.options, ctx.has_bias = options, has_bias
+        if options["reduction"] == "none":
+            # per-row grad_output is known only in backward: recompute there
+            ctx.save_for_backward(hidden, weight, target, bias)
+            ctx.recompute = True
+        else:
+            grads = [torch.from_numpy(g) for g in res[1:]]
+            ctx.save_for_backward(*grads)
+            ctx.recompute = False
+        return loss_t
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        if ctx.recompute:
+            hidden, weight, target, bias = ctx.saved_tensors
+            opts = dict(ctx.options, grad_output=_np_view(grad_output))
+            res = _linear_cross_entropy_np(
+                _np_view(hidden), _np_view(weight), _np_view(target),
+                bias=None if bias is None else _np_view(bias), return_grad=True, **opts)
+            grads = [torch.from_numpy(g) for g in res[1:]]
+        else:
+            grads = list(ctx.saved_tensors)
+            if grad_output.item() != 1.0:
+                grads = [g * grad_output for g in grads]
+        gh, gw = grads[0], grads[1]
+        gb = grads[2] if ctx.has_bias else None
+        return gh, gw, None, gb, None
+
+
+@torch.compiler.disable
+def linear_cross_entropy(hidden, weight, target, bias=None, *, chunk_size=None,
+                         ignore_index=-100, reduction="mean", label_smoothing=0.0, z_loss=0.0,
+                         softcap=None, num_threads=None):
+    """``fastxent.linear_cross_entropy`` for CPU tensors, with autograd: the loss of
+    ``F.linear(hidden, weight, bias)`` followed by cross-entropy, without the N x V logits.
+
+    hidden (..., d) and weight (V, d) float32/float64 CPU tensors, target integer (...).  The
+    forward computes the gradients of hidden, weight and bias chunk by chunk and saves them
+    (reduction "none": recomputed in backward with the per-row grad_output).  Not traced by
+    torch.compile (a graph break).
+    """
+    options = dict(chunk_size=chunk_size, ignore_index=ignore_index, reduction=reduction,
+                   label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap,
+                   num_threads=num_threads)
+    for t, name in ((hidden, "hidden"), (weight, "weight"), (target, "target"), (bias, "bias")):
+        if t is not None and t.device.type != "cpu":
+            raise ValueError(f"{name}: fastxent.torch.linear_cross_entropy runs on CPU tensors, "
+                             f"got a tensor on {t.device}")
+    needs = [t is not None and t.requires_grad for t in (hidden, weight, bias)]
+    if torch.is_grad_enabled() and any(needs):
+        return _LinearCrossEntropyFunction.apply(hidden, weight, target, bias, options)
+    loss = _linear_cross_entropy_np(
+        _np_view(hidden), _np_view(weight), _np_view(target),
+        bias=None if bias is None else _np_view(bias), **options)
+    return torch.from_numpy(np.asarray(loss)).to(hidden.dtype)
