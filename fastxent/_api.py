@@ -230,7 +230,7 @@ def _is_bf16(dt):
 
 def _kernel_dtype(dt):
     """float64 logits are computed in float64, every other float type in float32."""
-    return _F64 if dt == _F64 else _F32
+    return _F64 if dt is _F64 or dt == _F64 else _F32
 
 
 def _rows_of(a, axis, C, name, need_view):
@@ -326,12 +326,16 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
     C = x.shape[axis]
     if C == 0:
         raise ValueError(f"logits: the class axis (axis {axis}) has length 0 (C = 0)")
-    row_shape = x.shape[:axis] + x.shape[axis + 1:]
-    N = math.prod(row_shape)
+    if nd == 2 and axis == 1:
+        N = x.shape[0]
+        row_shape = (N,)
+    else:
+        row_shape = x.shape[:axis] + x.shape[axis + 1:]
+        N = math.prod(row_shape)
     kdt = _kernel_dtype(x.dtype)
     if type(ignore_index) is not int:
         ignore_index = _ignore_index(ignore_index)
-    w, W = _weight(weight, C)
+    w, W = (None, float(C)) if weight is None else _weight(weight, C)
     if reduction not in _REDUCTIONS:
         _reduction(reduction)
     eps = label_smoothing
@@ -347,13 +351,15 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
         n_threads = 1
 
     tgt = target if type(target) is np.ndarray else np.asarray(target)
-    soft = tgt.dtype.kind == "f" or _is_bf16(tgt.dtype)
+    kind = tgt.dtype.kind
+    soft = kind == "f" or (kind == "V" and _is_bf16(tgt.dtype))
     if soft:
         t, probs = None, _soft_targets(tgt, x, axis, C, kdt)
     else:
         probs = None
-        t = _labels(tgt, C, ignore_index, row_shape)
-    xv = _rows_of(x, axis, C, "logits", inplace)
+        t = tgt if (tgt.dtype is _I64 or tgt.dtype is _I32) and tgt.shape == row_shape \
+            else _labels(tgt, C, ignore_index, row_shape)
+    xv = x if nd == 2 and axis == 1 else _rows_of(x, axis, C, "logits", inplace)
 
     grad = gv = None
     gscale, row_scale = 1.0, None

@@ -525,6 +525,53 @@ static inline void NAME(const T *x, ptrdiff_t rs, T *g, ptrdiff_t gs, ptrdiff_t 
 FX_DEFINE_SHORT_GRAD(fx_short_grad_f32, float, fx_expf)
 FX_DEFINE_SHORT_GRAD(fx_short_grad_f64, double, fx_exp)
 
+/* Short rows, per-row bookkeeping vectorised too: labels -> safe class indices (yi = y for a
+ * valid label, 0 otherwise; valid = 0 <= y < C and y != ignore_index); returns the first row
+ * (relative) whose label is out of range and not ignore_index, or -1. */
+#define FX_DEFINE_SHORT_LABELS(NAME, L)                                                 \
+static inline ptrdiff_t NAME(const char *t, ptrdiff_t ts, ptrdiff_t R, ptrdiff_t C,      \
+                             ptrdiff_t ii, ptrdiff_t *yi, char *valid)                  \
+{                                                                                       \
+    int anybad = 0;                                                                     \
+    FX_SIMD                                                                             \
+    for (ptrdiff_t r = 0; r < R; r++) {                                                 \
+        ptrdiff_t y = (ptrdiff_t)*(const L *)(t + r * ts);                              \
+        int ok = (y >= 0) & (y < C) & (y != ii);                                        \
+        valid[r] = (char)ok;                                                            \
+        yi[r] = ok ? y : 0;                                                             \
+        anybad |= !ok & (y != ii);                                                      \
+    }                                                                                   \
+    if (!anybad) return -1;                                                             \
+    for (ptrdiff_t r = 0; r < R; r++) {                                                 \
+        ptrdiff_t y = (ptrdiff_t)*(const L *)(t + r * ts);                              \
+        if (!valid[r] && y != ii) return r;                                             \
+    }                                                                                   \
+    return -1;                                                                          \
+}
+FX_DEFINE_SHORT_LABELS(fx_short_labels_i32, int32_t)
+FX_DEFINE_SHORT_LABELS(fx_short_labels_i64, int64_t)
+
+/* Short rows, plain loss (no weights, smoothing or z-loss): loss[r] = (m - x[y]) + ls for a
+ * valid row, 0 for an ignored one; returns the sum in double (fixed order) and the count. */
+#define FX_DEFINE_SHORT_PLAIN(NAME, T)                                                  \
+static inline double NAME(const T *m, const T *xy, const T *ls, const char *valid,       \
+                          ptrdiff_t R, double *loss, double *count)                      \
+{                                                                                       \
+    double acc = 0.0, cnt = 0.0;                                                        \
+    FX_PRAGMA(omp simd reduction(+:acc) reduction(+:cnt))                               \
+    for (ptrdiff_t r = 0; r < R; r++) {                                                 \
+        double l = ((double)m[r] - (double)xy[r]) + (double)ls[r];                      \
+        l = valid[r] ? l : 0.0;                                                         \
+        loss[r] = l;                                                                    \
+        acc += l;                                                                       \
+        cnt += valid[r] ? 1.0 : 0.0;                                                    \
+    }                                                                                   \
+    *count = cnt;                                                                       \
+    return acc;                                                                         \
+}
+FX_DEFINE_SHORT_PLAIN(fx_short_plain_f32, float)
+FX_DEFINE_SHORT_PLAIN(fx_short_plain_f64, double)
+
 /* ------------------------------------------------------------------ soft targets
  * sp = sum(w * p), spg = sum(w * p * (m - x)) in double (w == NULL: unit weights). */
 #define FX_DEFINE_ROW_SOFT(NAME, T)                                                     \

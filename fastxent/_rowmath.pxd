@@ -64,6 +64,14 @@ cdef extern from "_rowmath.h" nogil:
                             const Py_ssize_t *y, float *m, float *ls, float *inv_s, float *xy)
     void fx_short_stats_f64(const double *x, Py_ssize_t rs, Py_ssize_t R, Py_ssize_t C,
                             const Py_ssize_t *y, double *m, double *ls, double *inv_s, double *xy)
+    Py_ssize_t fx_short_labels_i32(const char *t, Py_ssize_t ts, Py_ssize_t R, Py_ssize_t C,
+                                   Py_ssize_t ii, Py_ssize_t *yi, char *valid)
+    Py_ssize_t fx_short_labels_i64(const char *t, Py_ssize_t ts, Py_ssize_t R, Py_ssize_t C,
+                                   Py_ssize_t ii, Py_ssize_t *yi, char *valid)
+    double fx_short_plain_f32(const float *m, const float *xy, const float *ls, const char *valid,
+                              Py_ssize_t R, double *loss, double *count)
+    double fx_short_plain_f64(const double *m, const double *xy, const double *ls, const char *valid,
+                              Py_ssize_t R, double *loss, double *count)
     void fx_short_grad_f32(const float *x, Py_ssize_t rs, float *g, Py_ssize_t gs, Py_ssize_t R,
                            Py_ssize_t C, const float *m, const float *a, const float *cw, const double *w)
     void fx_short_grad_f64(const double *x, Py_ssize_t rs, double *g, Py_ssize_t gs, Py_ssize_t R,

@@ -34,7 +34,9 @@ from fastxent._rowmath cimport (row_stats, row_gap, row_grad, row_shift, row_fil
                                 row_gather, row_scatter, row_xent, xent_loss, xent_a,
                                 short_stats, short_grad, seg_stats, stats_merge, seg_gap,
                                 row_load, row_store, fx_store_fence, fx_simd_level, FX_SHORT_C, FX_SHORT_R,
-                                FX_SEG, FX_DT_F32, FX_DT_F64, FX_DT_F16, FX_DT_BF16)
+                                FX_SEG, FX_DT_F32, FX_DT_F64, FX_DT_F16, FX_DT_BF16,
+                                fx_short_labels_i32, fx_short_labels_i64, fx_short_plain_f32,
+                                fx_short_plain_f64)
 
 cnp.import_array()
 
@@ -227,19 +229,40 @@ cdef void _xent_short(const XentArgs *A, const label_t *tp, floating *lp, Py_ssi
     cdef Py_ssize_t rs = A.x.s0 // sizeof(floating), grs = A.g.s0 // sizeof(floating)
     cdef const floating *xb
     cdef floating *gb
-    cdef double loss, wy, lse, z, coef, gs = A.gscale, eps = A.eps
+    cdef double lossv[FX_SHORT_R]
+    cdef double loss, wy, lse, z, coef, cnt, gs = A.gscale, eps = A.eps
+    cdef bint plain = A.w == NULL and eps == 0.0 and A.zl == 0.0
     r0 = lo
     while r0 < hi:
         R = min(<Py_ssize_t>FX_SHORT_R, hi - r0)
-        for r in range(R):
-            y = _label(A, tp, r0 + r)
-            valid[r] = 0 <= y < C and y != A.ignore_index
-            yi[r] = y if valid[r] else 0
-            if not valid[r] and y != A.ignore_index and part.bad < 0:
-                part.bad = r0 + r
+        if label_t is int64_t:
+            y = fx_short_labels_i64(A.t + r0 * A.ts, A.ts, R, C, A.ignore_index, yi, valid)
+        else:
+            y = fx_short_labels_i32(A.t + r0 * A.ts, A.ts, R, C, A.ignore_index, yi, valid)
+        if y >= 0 and part.bad < 0:
+            part.bad = r0 + y
         xb = <const floating *>(A.x.base + r0 * A.x.s0)
         short_stats(xb, rs, R, C, yi, m, ls, inv_s, xy)
+        if plain:
+            # the common case, vectorised: loss = (m - x[y]) + log(sum), weight 1
+            if floating is float:
+                part.loss += fx_short_plain_f32(m, xy, ls, valid, R, lossv, &cnt)
+            else:
+                part.loss += fx_short_plain_f64(m, xy, ls, valid, R, lossv, &cnt)
+            part.wsum += cnt
+            if lp != NULL:
+                for r in range(R):
+                    lp[r0 + r] = <floating>(lossv[r] * A.lscale)
+            if A.g.base != NULL:
+                for r in range(R):
+                    if A.row_scale != NULL:
+                        gs = A.gscale * A.row_scale[r0 + r]
+                    a[r] = <floating>(gs * <double>inv_s[r]) if valid[r] else 0
+                    cw[r] = 0
+                    b[r] = <floating>gs
         for r in range(R):
+            if plain:
+                break
             i = r0 + r
             z = 0.0
             if valid[r]:
