@@ -12,6 +12,7 @@ from ._api import (
     softmax,
 )
 from ._config import config, show_config
+from ._linear import linear_cross_entropy
 from ._probs_api import *  # noqa: F401,F403
 from ._probs_api import __all__ as _probs_all
 
@@ -22,6 +23,7 @@ __all__ = [
     "config",
     "cross_entropy",
     "cross_entropy_with_grad",
+    "linear_cross_entropy",
     "log_softmax",
     "logsumexp",
     "show_config",

@@ -357,7 +357,7 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
         t, probs = None, _soft_targets(tgt, x, axis, C, kdt)
     else:
         probs = None
-        t = tgt if (tgt.dtype is _I64 or tgt.dtype is _I32) and tgt.shape == row_shape \
+        t = tgt if (tgt.dtype is _I64 or tgt.dtype is _I32) and tgt.ndim == 1 and tgt.shape == row_shape \
             else _labels(tgt, C, ignore_index, row_shape)
     xv = x if nd == 2 and axis == 1 else _rows_of(x, axis, C, "logits", inplace)
 

@@ -858,7 +858,7 @@ def run(full=False, impls=None, threads_scaling=False, budget=None, out=None, nc
 # registers its buffers with it) minus the same is recorded too.
 # --------------------------------------------------------------------------------------------
 FULL_LINEAR_SHAPES = ((8192, 1024, 131072),)    # (N, d, V)
-QUICK_LINEAR_SHAPES = ((4096, 256, 32768),)
+QUICK_LINEAR_SHAPES = ((1024, 256, 16384),)
 LINEAR_DTYPE = "float32"
 LINEAR_MIN_ROUNDS = 3
 LINEAR_BUDGET = {"quick": 2.0, "full": 60.0}    # seconds of timed rounds per case (after warm-up)
@@ -1064,9 +1064,14 @@ def measure_linear_memory(case, impl):
     """Peak extra memory of one call, measured in a subprocess (see the section comment)."""
     import subprocess
 
+    import fastxent
+
     fields = dataclasses.asdict(case)
+    # run where the fastxent imported here lives, so the child imports the same one (not, say,
+    # an unbuilt source tree in the current directory)
+    where = os.path.dirname(os.path.dirname(os.path.abspath(fastxent.__file__)))
     proc = subprocess.run([sys.executable, "-c", _LINEAR_MEMORY_CHILD, json.dumps(fields),
-                           impl.name], capture_output=True, text=True)
+                           impl.name], capture_output=True, text=True, cwd=where)
     if proc.returncode != 0:
         msg = (proc.stderr.strip().splitlines() or ["exit code %d" % proc.returncode])[-1]
         return {"memory_error": msg}
@@ -1185,7 +1190,8 @@ def print_linear_case(rows, out):
                       f"{r['gflops']:.0f}" if r.get("gflops") else "-",
                       "-" if r["impl"] == "naive" else fmt_ratio(tv),
                       fmt_bytes(r.get("hwm_extra_bytes")),
-                      "-" if r["impl"] == "naive" or mv is None else f"1/{1 / mv:.3g}"]),
+                      "-" if r["impl"] == "naive" or mv is None else f"1/{1 / mv:.3g}"])
+              + (f"  memory: {r['memory_error'][:60]}" if r.get("memory_error") else ""),
               file=out)
     out.flush()
 

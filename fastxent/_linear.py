@@ -6,7 +6,7 @@ inplace=True)`` turns that buffer into d(loss)/d(logits), and the two gradient p
 accumulated chunk by chunk:
 
     grad_hidden[rows]  = g @ weight
-    grad_weight       += g.T @ hidden[rows]     (BLAS gemm with beta=1, no V x d temporary)
+    grad_weight       += g.T @ hidden[rows]     (in blocks of vocabulary rows: no V x d temporary)
     grad_bias         += g.sum(0)
 
 The "mean" scale is the GLOBAL one (1 / number of non-ignored rows, counted up front), applied
@@ -29,38 +29,21 @@ __all__ = ["linear_cross_entropy"]
 CHUNK_BYTES = 128 * 2**20
 MIN_CHUNK_ROWS = 64
 
-# grad_weight += g.T @ hidden[rows] without a V x d temporary needs a gemm with beta=1: SciPy's
-# BLAS wrappers provide it.  Without SciPy, the product is done in blocks of vocabulary rows
-# through a small temporary of _NP_BLOCK_BYTES.
-_NP_BLOCK_BYTES = 8 * 2**20
-_USE_SCIPY_BLAS = True
+# grad_weight += g.T @ hidden[rows] without a V x d temporary: NumPy's matmul has no
+# "C += A @ B" (BLAS beta=1), so the product goes through a small temporary of _BLOCK_BYTES,
+# one block of vocabulary rows at a time (the block stays in cache for the addition).
+# Measured at N=2048, d=1024, V=131072 on 2 cores, this is ~5% faster than SciPy's gemm with
+# beta=1 (whose OpenBLAS is a second thread pool, contending with NumPy's).
+_BLOCK_BYTES = 8 * 2**20
 
 
-def _gemm_accumulate_fn(dtype):
-    """SciPy's ``?gemm`` for ``dtype`` or None when SciPy is not installed (or disabled)."""
-    if not _USE_SCIPY_BLAS:
-        return None
-    try:
-        from scipy.linalg.blas import get_blas_funcs
-    except ImportError:
-        return None
-    return get_blas_funcs("gemm", dtype=dtype)
-
-
-def _accumulate_grad_weight(gw, g, h, first, gemm):
-    """gw (V, d) = (0 if first else gw) + g.T @ h, in place; g (n, V), h (n, d), all C-contiguous."""
+def _accumulate_grad_weight(gw, g, h, first):
+    """gw (V, d) = (0 if first else gw) + g.T @ h, in place; g (n, V), h (n, d) C-contiguous."""
     if first:
         np.matmul(g.T, h, out=gw)
         return
-    if gemm is not None:
-        # In Fortran terms gw.T (d, V) += h.T (d, n) @ g (n, V); h.T and gw.T are Fortran
-        # contiguous, g is passed as g.T (Fortran) with trans_b: f2py makes no copies.
-        res = gemm(1.0, h.T, g.T, beta=1.0, c=gw.T, trans_b=1, overwrite_c=1)
-        if not np.shares_memory(res, gw):  # pragma: no cover - f2py copied after all
-            gw += res.T
-        return
     V, d = gw.shape
-    block = max(1, _NP_BLOCK_BYTES // max(1, d * gw.itemsize))
+    block = max(1, _BLOCK_BYTES // max(1, d * gw.itemsize))
     tmp = np.empty((min(block, V), d), dtype=gw.dtype)
     for v0 in range(0, V, block):
         v1 = min(V, v0 + block)
@@ -118,9 +101,9 @@ def linear_cross_entropy(hidden, weight, target, *, bias=None, chunk_size=None, 
     extra memory is about chunk_size x V x itemsize.  ``return_grad=True`` returns
     ``(loss, grad_hidden, grad_weight)`` (``+ (grad_bias,)`` when a bias is given), the
     gradients of loss * grad_output (``grad_output``: a scalar, or for reduction="none" also an
-    array of the target's shape).  Matrix products use NumPy's BLAS (and SciPy's gemm, if
-    installed, to accumulate grad_weight in place); ``num_threads`` applies to fastxent's
-    softmax kernels, BLAS threads follow the BLAS settings (threadpoolctl limits both).
+    array of the target's shape).  Matrix products use NumPy's matmul (BLAS);
+    ``num_threads`` applies to fastxent's softmax kernels, BLAS threads follow the BLAS
+    settings (OPENBLAS_NUM_THREADS, threadpoolctl: ``threadpool_limits(n)`` limits both).
     """
     h, w = _float_pair(hidden, weight)
     dt = h.dtype
@@ -133,7 +116,8 @@ def linear_cross_entropy(hidden, weight, target, *, bias=None, chunk_size=None, 
     if t.dtype.kind not in "iu":
         raise TypeError(f"target: expected integer class labels, got dtype {t.dtype}")
     if t.shape != row_shape:
-        raise ValueError(f"target: expected shape {row_shape} to match hidden's rows, got {t.shape}")
+        raise ValueError(f"target: expected shape {row_shape} to match hidden's rows, "
+                         f"got {t.shape}")
     ignore_index = _api._ignore_index(ignore_index)
     _api._reduction(reduction)
     label_smoothing = _api._label_smoothing(label_smoothing)
@@ -186,7 +170,6 @@ def linear_cross_entropy(hidden, weight, target, *, bias=None, chunk_size=None, 
         grad_w = np.zeros((V, d), dtype=dt) if N == 0 else np.empty((V, d), dtype=dt)
         grad_b = None if b is None else np.zeros(V, dtype=np.float64)
         ones = np.ones(rows_per_chunk, dtype=dt)
-        gemm = _gemm_accumulate_fn(dt)
 
     for i, r0 in enumerate(range(0, N, rows_per_chunk)):
         r1 = min(N, r0 + rows_per_chunk)
@@ -200,7 +183,7 @@ def linear_cross_entropy(hidden, weight, target, *, bias=None, chunk_size=None, 
             loss, _ = _api.cross_entropy_with_grad(z, t1[r0:r1], grad_output=go, inplace=True,
                                                    **kw)
             np.matmul(z, w, out=grad_h[r0:r1])
-            _accumulate_grad_weight(grad_w, z, hs, i == 0, gemm)
+            _accumulate_grad_weight(grad_w, z, hs, i == 0)
             if grad_b is not None:
                 grad_b += np.matmul(ones[:r1 - r0], z)   # column sums through BLAS (gemv)
         else:

@@ -253,6 +253,9 @@ cdef void _xent_short(const XentArgs *A, const label_t *tp, floating *lp, Py_ssi
             if lp != NULL:
                 for r in range(R):
                     lp[r0 + r] = <floating>(lossv[r] * A.lscale)
+            if A.z_out != NULL:
+                for r in range(R):
+                    (<floating *>A.z_out)[r0 + r] = 0
             if A.g.base != NULL:
                 for r in range(R):
                     if A.row_scale != NULL:

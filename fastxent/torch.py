@@ -52,7 +52,8 @@ _KERNEL_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 # ------------------------------------------------------------------ tensors <-> NumPy
 def _np_view(t, copy_bf16=True):
-    """A CPU tensor as an ndarray sharing its memory (bfloat16 without ml_dtypes: a float32 copy)."""
+    """A CPU tensor as an ndarray sharing its memory (bfloat16 without ml_dtypes: a float32
+    copy, or TypeError when ``copy_bf16`` is False)."""
     t = t.detach()
     if t.dtype == torch.bfloat16:
         if _BF16 is not None:
