@@ -345,10 +345,11 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
     cap, scale = (0.0, 1.0) if softcap is None and logit_scale == 1.0 else \
         _transform(softcap, logit_scale)
     lscale = 1.0 if base is None else _log_base_scale(base)
-    n_threads = _default_threads() if num_threads is None else _num_threads(num_threads)
     rpb = _BLOCK_ELEMS // C or 1
-    if N <= rpb:
-        n_threads = 1
+    if num_threads is not None:
+        n_threads = _num_threads(num_threads)
+    # one block of rows: computed on the calling thread, no parallel region
+    n_threads = 1 if N <= rpb else (_default_threads() if num_threads is None else n_threads)
 
     tgt = target if type(target) is np.ndarray else np.asarray(target)
     kind = tgt.dtype.kind

@@ -34,6 +34,8 @@ from libc.math cimport fabs, NAN
 
 cimport numpy as cnp
 
+from fastxent._views cimport Arr, _arr, _row
+
 from fastxent._rowmath cimport (FX_SEG, fx_xlogq_terms_f32, fx_xlogq_terms_f64, fx_xlogq_grad_f32,
                                 fx_xlogq_grad_f64, fx_xlogx_terms_f32, fx_xlogx_terms_f64,
                                 fx_kl_terms_f32, fx_kl_terms_f64, fx_dsum, fx_pfill_f32,
@@ -128,44 +130,10 @@ cdef inline double _finish(double total, double comp) noexcept nogil:
 
 
 # ------------------------------------------------------------------ row kernels
-cdef struct PArr:
-    # a validated array seen as (rows, C): row i is (i // D, i % D) of an (A, D, C) view
-    char *base
-    Py_ssize_t s0, s1   # strides of the two row indices, bytes
-    Py_ssize_t D        # length of the inner row index (1 for a 2-D view)
-    Py_ssize_t cs       # class stride, bytes
-
-
-cdef inline PArr _parr(object a):
-    cdef PArr v
-    cdef cnp.ndarray arr
-    v.base = NULL
-    v.s0 = v.s1 = v.cs = 0
-    v.D = 1
-    if a is None:
-        return v
-    arr = <cnp.ndarray>a
-    v.base = <char *>cnp.PyArray_DATA(arr)
-    v.s0 = cnp.PyArray_STRIDE(arr, 0)
-    if cnp.PyArray_NDIM(arr) == 3:
-        v.s1 = cnp.PyArray_STRIDE(arr, 1)
-        v.D = cnp.PyArray_DIM(arr, 1)
-        v.cs = cnp.PyArray_STRIDE(arr, 2)
-    else:
-        v.cs = cnp.PyArray_STRIDE(arr, 1)
-    return v
-
-
-cdef inline char *_prow(const PArr *a, Py_ssize_t i) noexcept nogil:
-    if a.D == 1:
-        return a.base + i * a.s0
-    return a.base + (i // a.D) * a.s0 + (i % a.D) * a.s1
-
-
 cdef struct RowArgs:
-    PArr p              # targets / the distribution (base NULL: integer labels in t)
-    PArr q              # predictions (entropy: unused)
-    PArr g              # gradient out (cross-entropy only), base NULL: none
+    Arr p              # targets / the distribution (base NULL: integer labels in t)
+    Arr q              # predictions (entropy: unused)
+    Arr g              # gradient out (cross-entropy only), base NULL: none
     char *t             # integer labels (N,), contiguous, or NULL
     bint t64            # labels are int64 (else int32)
     Py_ssize_t N, C
@@ -188,19 +156,19 @@ cdef inline double _gs(const RowArgs *A, Py_ssize_t i) noexcept nogil:
     return A.gscale * (A.row_scale[i] if A.row_scale != NULL else 1.0)
 
 
-cdef inline bint _flat(const PArr *a, Py_ssize_t R, Py_ssize_t C, Py_ssize_t isz) noexcept nogil:
+cdef inline bint _flat(const Arr *a, Py_ssize_t R, Py_ssize_t C, Py_ssize_t isz) noexcept nogil:
     """R rows from one row on are one contiguous run of R * C elements."""
     return a.cs == isz and (R == 1 or (a.D == 1 and a.s0 == C * isz))
 
 
-cdef inline const floating *_rows_in(const PArr *a, Py_ssize_t r, Py_ssize_t R, Py_ssize_t C,
+cdef inline const floating *_rows_in(const Arr *a, Py_ssize_t r, Py_ssize_t R, Py_ssize_t C,
                                      floating *buf) noexcept nogil:
     """Rows r .. r+R-1 as one contiguous run (in place, or gathered into buf)."""
     cdef Py_ssize_t j
     if _flat(a, R, C, sizeof(floating)):
-        return <const floating *>_prow(a, r)
+        return <const floating *>_row(a, r)
     for j in range(R):
-        _gather(_prow(a, r + j), a.cs, C, buf + j * C)
+        _gather(_row(a, r + j), a.cs, C, buf + j * C)
     return buf
 
 
@@ -225,7 +193,7 @@ cdef double _short_rows(const RowArgs *A, Py_ssize_t lo, Py_ssize_t hi, floating
             acc += v
             _emit(A, r + j, v, pb)
         if A.g.base != NULL:
-            gp = <floating *>_prow(&A.g, r) if _flat(&A.g, R, C, sizeof(floating)) else gb
+            gp = <floating *>_row(&A.g, r) if _flat(&A.g, R, C, sizeof(floating)) else gb
             if A.row_scale == NULL:
                 _xlogq_grad(pp, qp, n, A.lo, A.hi, -A.gscale, gp)
             else:
@@ -233,7 +201,7 @@ cdef double _short_rows(const RowArgs *A, Py_ssize_t lo, Py_ssize_t hi, floating
                     _xlogq_grad(pp + j * C, qp + j * C, C, A.lo, A.hi, -_gs(A, r + j), gp + j * C)
             if gp == gb:
                 for j in range(R):
-                    _scatter(gb + j * C, C, _prow(&A.g, r + j), A.g.cs)
+                    _scatter(gb + j * C, C, _row(&A.g, r + j), A.g.cs)
         r += R
     return acc
 
@@ -252,15 +220,15 @@ cdef double _long_part(const RowArgs *A, Py_ssize_t i, Py_ssize_t k0, Py_ssize_t
     while k < k1:
         n = min(<Py_ssize_t>RCH, k1 - k)
         if A.p.cs == sizeof(floating):
-            pp = <const floating *>(_prow(&A.p, i) + k * A.p.cs)
+            pp = <const floating *>(_row(&A.p, i) + k * A.p.cs)
         else:
-            _gather(_prow(&A.p, i) + k * A.p.cs, A.p.cs, n, pb)
+            _gather(_row(&A.p, i) + k * A.p.cs, A.p.cs, n, pb)
             pp = pb
         if A.op != K_ENTROPY:
             if A.q.cs == sizeof(floating):
-                qp = <const floating *>(_prow(&A.q, i) + k * A.q.cs)
+                qp = <const floating *>(_row(&A.q, i) + k * A.q.cs)
             else:
-                _gather(_prow(&A.q, i) + k * A.q.cs, A.q.cs, n, qb)
+                _gather(_row(&A.q, i) + k * A.q.cs, A.q.cs, n, qb)
                 qp = qb
         _terms(A.op, A.mode, pp, qp, n, A.lo, A.hi, tb, bad)
         s = fx_dsum(tb, n)
@@ -268,7 +236,7 @@ cdef double _long_part(const RowArgs *A, Py_ssize_t i, Py_ssize_t k0, Py_ssize_t
             slots[j] = s
         acc += s
         if A.g.base != NULL:
-            gdst = _prow(&A.g, i) + k * A.g.cs
+            gdst = _row(&A.g, i) + k * A.g.cs
             gp = <floating *>gdst if A.g.cs == sizeof(floating) else gb
             _xlogq_grad(pp, qp, n, A.lo, A.hi, -_gs(A, i), gp)
             if gp == gb:
@@ -293,7 +261,7 @@ cdef double _label_rows(const RowArgs *A, Py_ssize_t lo, Py_ssize_t hi, floating
             y = <Py_ssize_t>(<const int64_t *>A.t)[r + j] if A.t64 else \
                 <Py_ssize_t>(<const int32_t *>A.t)[r + j]
             if 0 <= y < C:
-                qb[j] = (<const floating *>(_prow(&A.q, r + j) + y * A.q.cs))[0]
+                qb[j] = (<const floating *>(_row(&A.q, r + j) + y * A.q.cs))[0]
             else:
                 bad[0] = 1
                 qb[j] = <floating>NAN
@@ -304,7 +272,7 @@ cdef double _label_rows(const RowArgs *A, Py_ssize_t lo, Py_ssize_t hi, floating
             _emit(A, r + j, v, pb)
         if A.g.base != NULL:
             for j in range(R):
-                grow = _prow(&A.g, r + j)
+                grow = _row(&A.g, r + j)
                 if A.g.cs == sizeof(floating):
                     _fill(<floating *>grow, C, <floating>0)
                 else:
@@ -432,9 +400,9 @@ def rows(p, q, grad_out, labels, int op, int mode, double lo, double hi, double 
     outside [0, C))."""
     cdef RowArgs A
     cdef cnp.ndarray ref = <cnp.ndarray>(q if q is not None else p)
-    A.p = _parr(p)
-    A.q = _parr(q)
-    A.g = _parr(grad_out)
+    A.p = _arr(p)
+    A.q = _arr(q)
+    A.g = _arr(grad_out)
     A.t = NULL if labels is None else <char *>cnp.PyArray_DATA(<cnp.ndarray>labels)
     A.t64 = labels is not None and cnp.PyArray_TYPE(<cnp.ndarray>labels) == cnp.NPY_INT64
     A.N = cnp.PyArray_DIM(ref, 0)
