@@ -34,7 +34,7 @@ from libc.math cimport fabs, NAN
 
 cimport numpy as cnp
 
-from fastxent._views cimport Arr, _arr, _row
+from fastxent._views cimport Arr, _arr, _row, _neumaier, _finish
 
 from fastxent._rowmath cimport (FX_SEG, fx_xlogq_terms_f32, fx_xlogq_terms_f64, fx_xlogq_grad_f32,
                                 fx_xlogq_grad_f64, fx_xlogx_terms_f32, fx_xlogx_terms_f64,
@@ -116,17 +116,6 @@ cdef inline void _scatter(const floating *buf, Py_ssize_t n, char *dst,
         (<floating *>(dst + j * stride))[0] = buf[j]
 
 
-cdef inline void _neumaier(double *total, double *comp, double v) noexcept nogil:
-    cdef double t = total[0] + v
-    if fabs(total[0]) >= fabs(v):
-        comp[0] += (total[0] - t) + v
-    else:
-        comp[0] += (v - t) + total[0]
-    total[0] = t
-
-
-cdef inline double _finish(double total, double comp) noexcept nogil:
-    return total + comp if comp == comp else total
 
 
 # ------------------------------------------------------------------ row kernels

@@ -36,12 +36,12 @@
 /* Elements per block of the online max/sum: 8 KiB of float32, stays in L1. */
 #define FX_BLOCK 2048
 
-/* ------------------------------------------------------------------ exp, float32 */
-static inline float fx_expf(float x)
+/* ------------------------------------------------------------------ exp, float32
+ * fx_expm1f_core: for a clamped x, returns q = e^r - 1 (the polynomial without its constant)
+ * and the scale 2^n, x = n*ln2 + r; e^x = scale * (1 + q), e^x - 1 = scale * q + (scale - 1). */
+static inline float fx_expm1f_core(float xc, float *scale)
 {
-    /* valid for x <= 88; every caller passes x <= 0 (x - max), -inf or NaN */
     const float magic = 12582912.0f;            /* 1.5 * 2^23: rint by addition */
-    float xc = x < -104.0f ? -104.0f : x;       /* NaN compares false: stays NaN */
     float t = xc * 1.44269504088896341f + magic;
     float n = t - magic;
     float r = xc - n * 0.693359375f;            /* ln2 hi: 9 bits, n*hi exact */
@@ -53,22 +53,27 @@ static inline float fx_expf(float x)
     p = p * r + 1.0f / 6.0f;
     p = p * r + 0.5f;
     p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    int32_t ti, ni;
+    int32_t ti;
     memcpy(&ti, &t, 4);
-    ni = ti - 0x4B400000;                       /* bits(magic) */
-    uint32_t sb = ((uint32_t)(ni + 127)) << 23;
+    uint32_t sb = ((uint32_t)(ti - 0x4B400000 + 127)) << 23;   /* bits(magic): n + bias */
+    memcpy(scale, &sb, 4);
+    return p * r;
+}
+
+static inline float fx_expf(float x)
+{
+    /* valid for x <= 88; every caller passes x <= 0 (x - max), -inf or NaN */
+    float xc = x < -104.0f ? -104.0f : x;       /* NaN compares false: stays NaN */
     float scale;
-    memcpy(&scale, &sb, 4);
-    float y = p * scale;
+    float q = fx_expm1f_core(xc, &scale);
+    float y = (q + 1.0f) * scale;
     return xc < -87.3365447f ? 0.0f : y;        /* below FLT_MIN: flush to 0 */
 }
 
 /* ------------------------------------------------------------------ exp, float64 */
-static inline double fx_exp(double x)
+static inline double fx_expm1_core(double xc, double *scale)
 {
     const double magic = 6755399441055744.0;    /* 1.5 * 2^52 */
-    double xc = x < -746.0 ? -746.0 : x;
     double t = xc * 1.4426950408889634074 + magic;
     double n = t - magic;
     double r = xc - n * 0.693147180369123816490;   /* ln2 hi (trailing zero bits) */
@@ -86,14 +91,19 @@ static inline double fx_exp(double x)
     p = p * r + 1.0 / 6.0;
     p = p * r + 0.5;
     p = p * r + 1.0;
-    p = p * r + 1.0;
-    int64_t ti, ni;
+    int64_t ti;
     memcpy(&ti, &t, 8);
-    ni = ti - 0x4338000000000000LL;
-    uint64_t sb = ((uint64_t)(ni + 1023)) << 52;
+    uint64_t sb = ((uint64_t)(ti - 0x4338000000000000LL + 1023)) << 52;
+    memcpy(scale, &sb, 8);
+    return p * r;
+}
+
+static inline double fx_exp(double x)
+{
+    double xc = x < -746.0 ? -746.0 : x;
     double scale;
-    memcpy(&scale, &sb, 8);
-    double y = p * scale;
+    double q = fx_expm1_core(xc, &scale);
+    double y = (q + 1.0) * scale;
     return xc < -708.39641853226408 ? 0.0 : y;  /* below DBL_MIN: flush to 0 */
 }
 
@@ -617,61 +627,21 @@ FX_DEFINE_ROW_GRAD_SOFT(fx_row_grad_soft_f32, float, fx_expf)
 FX_DEFINE_ROW_GRAD_SOFT(fx_row_grad_soft_f64, double, fx_exp)
 
 /* ------------------------------------------------------------------ expm1 and tanh
- * expm1 from the same reduction as fx_exp, keeping the polynomial without its constant:
+ * expm1 from the same reduction and polynomial as fx_exp (fx_expm1*_core):
  * expm1(x) = 2^n * q(r) + (2^n - 1), q(r) = e^r - 1; exact (2^n - 1) for the n used here.
  * tanh(u) = -t / (2 + t) with t = expm1(-2|u|): no cancellation near 0.  For softcap. */
 static inline float fx_expm1f_neg(float x)   /* x <= 0 */
 {
-    const float magic = 12582912.0f;
-    float xc = x < -40.0f ? -40.0f : x;
-    float t = xc * 1.44269504088896341f + magic;
-    float n = t - magic;
-    float r = xc - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    float p = 1.0f / 5040.0f;
-    p = p * r + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r;                                   /* e^r - 1 */
-    int32_t ti;
-    memcpy(&ti, &t, 4);
-    uint32_t sb = ((uint32_t)(ti - 0x4B400000 + 127)) << 23;
     float scale;
-    memcpy(&scale, &sb, 4);
-    return scale * p + (scale - 1.0f);
+    float q = fx_expm1f_core(x < -40.0f ? -40.0f : x, &scale);
+    return scale * q + (scale - 1.0f);
 }
 
 static inline double fx_expm1_neg(double x)  /* x <= 0 */
 {
-    const double magic = 6755399441055744.0;
-    double xc = x < -60.0 ? -60.0 : x;
-    double t = xc * 1.4426950408889634074 + magic;
-    double n = t - magic;
-    double r = xc - n * 0.693147180369123816490;
-    r = r - n * 1.90821492927058770002e-10;
-    double p = 1.0 / 6227020800.0;
-    p = p * r + 1.0 / 479001600.0;
-    p = p * r + 1.0 / 39916800.0;
-    p = p * r + 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0;
-    p = p * r + 1.0 / 40320.0;
-    p = p * r + 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    p = p * r + 1.0;
-    p = p * r;
-    int64_t ti;
-    memcpy(&ti, &t, 8);
-    uint64_t sb = ((uint64_t)(ti - 0x4338000000000000LL + 1023)) << 52;
     double scale;
-    memcpy(&scale, &sb, 8);
-    return scale * p + (scale - 1.0);
+    double q = fx_expm1_core(x < -60.0 ? -60.0 : x, &scale);
+    return scale * q + (scale - 1.0);
 }
 
 static inline float fx_tanhf(float u)

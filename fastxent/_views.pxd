@@ -1,7 +1,9 @@
 # cython: language_level=3
-"""Array views shared by the kernel families: a validated NumPy array seen as rows of C
-classes, read through its data pointer and strides (no copies, any layout)."""
+"""Helpers shared by the kernel families: array views (a validated NumPy array seen as rows of
+C classes, read through its data pointer and strides: no copies, any layout) and the
+compensated sum that combines per-block partial results in block order."""
 cimport numpy as cnp
+from libc.math cimport fabs
 
 cdef extern from "_rowmath.h":
     enum: FX_DT_F32
@@ -94,3 +96,15 @@ cdef inline Py_ssize_t _stride0(object a):
     return cnp.PyArray_STRIDE(<cnp.ndarray>a, 0)
 
 
+# ------------------------------------------------------------------ block reduction
+cdef inline void _neumaier(double *total, double *comp, double v) noexcept nogil:
+    cdef double t = total[0] + v
+    if fabs(total[0]) >= fabs(v):
+        comp[0] += (total[0] - t) + v
+    else:
+        comp[0] += (v - t) + total[0]
+    total[0] = t
+
+
+cdef inline double _finish(double total, double comp) noexcept nogil:
+    return total + comp if comp == comp else total

@@ -30,7 +30,7 @@ from libc.math cimport log, log1p, fabs, NAN, INFINITY
 
 cimport numpy as cnp
 
-from fastxent._views cimport View2, Arr, _view2, _arr, _row, _data, _stride0
+from fastxent._views cimport View2, Arr, _view2, _arr, _row, _data, _stride0, _neumaier, _finish
 
 from fastxent._rowmath cimport (row_stats, row_gap, row_grad, row_shift, row_fill,
                                 row_gather, row_scatter, row_xent, xent_loss, xent_a,
@@ -355,15 +355,6 @@ cdef inline void _part_init(Part *p) noexcept nogil:
     p.bad = -1
 
 
-cdef inline void _neumaier(double *total, double *comp, double v) noexcept nogil:
-    cdef double t = total[0] + v
-    if fabs(total[0]) >= fabs(v):
-        comp[0] += (total[0] - t) + v
-    else:
-        comp[0] += (v - t) + total[0]
-    total[0] = t
-
-
 cdef tuple _xent_run(const XentArgs *A, const label_t *tp, floating *lp,
                      Py_ssize_t rows_per_block, int n_threads):
     cdef Py_ssize_t N = A.N, nb = (N + rows_per_block - 1) // rows_per_block, b, lo, hi, i
@@ -417,8 +408,7 @@ cdef tuple _xent_run(const XentArgs *A, const label_t *tp, floating *lp,
                 bad = parts[b].bad
     if parts != &one:
         free(parts)
-    return (total + comp if comp == comp else total, ztot + zcomp if zcomp == zcomp else ztot,
-            wsum, bad)
+    return (_finish(total, comp), _finish(ztot, zcomp), wsum, bad)
 
 
 def xent(x, target, probs, weight, double W, Py_ssize_t ignore_index, double eps, double zl,
