@@ -65,7 +65,7 @@ def _num_threads(num_threads):
 
 
 def _float_array(x, name):
-    a = x if type(x) is np.ndarray else np.asarray(x)
+    a = x if type(x) is np.ndarray else _as_array(x)
     dt = a.dtype
     if (dt is _F32 or dt is _F64) and a.flags.aligned:
         return a  # the common case, checked cheaply; strides of aligned arrays are whole items
@@ -213,9 +213,22 @@ def _grad_output(grad_output, reduction, N, row_shape):
 
 
 # ------------------------------------------------------------------ cross-entropy
+def _as_array(obj):
+    """An ndarray view of ``obj``: DLPack producers (torch, JAX, CuPy on the CPU, ...) are read
+    without a copy where they allow it, anything else goes through ``np.asarray``."""
+    if isinstance(obj, np.ndarray):
+        return obj
+    if hasattr(obj, "__dlpack__"):
+        try:
+            return np.from_dlpack(obj)
+        except (TypeError, ValueError, RuntimeError, BufferError):
+            pass
+    return np.asarray(obj)
+
+
 def _logits_nd(logits, name="logits"):
     """The logits as an ndarray of a supported dtype (16-bit floats included)."""
-    x = logits if type(logits) is np.ndarray else np.asarray(logits)
+    x = logits if type(logits) is np.ndarray else _as_array(logits)
     dt = x.dtype
     if (dt is _F32 or dt is _F64) and x.flags.aligned:
         return x
@@ -351,7 +364,7 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
     # one block of rows: computed on the calling thread, no parallel region
     n_threads = 1 if N <= rpb else (_default_threads() if num_threads is None else n_threads)
 
-    tgt = target if type(target) is np.ndarray else np.asarray(target)
+    tgt = target if type(target) is np.ndarray else _as_array(target)
     kind = tgt.dtype.kind
     soft = kind == "f" or (kind == "V" and _is_bf16(tgt.dtype))
     if soft:

@@ -351,3 +351,26 @@ def test_num_threads_accepts_numpy_integers(rng):
     expected = fastxent.cross_entropy(x, t, num_threads=2)
     assert fastxent.cross_entropy(x, t, num_threads=np.int64(2)) == expected
     assert_close(expected, ref.cross_entropy(x, t), np.float64)
+
+
+def test_dlpack_and_array_like_inputs():
+    """Objects exposing DLPack (a torch CPU tensor) or only __array__ give the same results."""
+    import torch
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((9, 6)).astype(np.float32)
+    t = rng.integers(0, 6, 9)
+
+    class ArrayLike:
+        def __init__(self, a):
+            self.a = a
+
+        def __array__(self, dtype=None, copy=None):
+            return self.a
+
+    expected = fastxent.cross_entropy(x, t, reduction="none")
+    np.testing.assert_array_equal(
+        fastxent.cross_entropy(torch.from_numpy(x), torch.from_numpy(t), reduction="none"), expected)
+    np.testing.assert_array_equal(
+        fastxent.cross_entropy(ArrayLike(x), ArrayLike(t), reduction="none"), expected)
+    np.testing.assert_array_equal(fastxent.logsumexp(torch.from_numpy(x)), fastxent.logsumexp(x))
