@@ -7,8 +7,9 @@
  * reassociation licence for the reductions, so no -ffast-math is needed and NaN/inf keep their
  * IEEE meaning).  This file holds the code base's only log-sum-exp (fx_row_stats_*).
  *
- * exp: Cody-Waite range reduction x = n*ln2 + r, |r| <= ln2/2, a Taylor polynomial for e^r
- * (degree 7 in float: truncation 5e-9 relative; degree 13 in double: 4e-18), and 2^n built
+ * exp: Cody-Waite range reduction x = n*ln2 + r, |r| <= ln2/2, a polynomial for e^r (float:
+ * Taylor degree 7, truncation 5e-9 relative; double: degree 11 through the Chebyshev nodes,
+ * 2e-17), and 2^n built
  * from exponent bits.  Measured max error ~2 ulp (float) / ~2 ulp (double) on [-87, 0].
  * Arguments below the smallest normal result are flushed to exactly 0 (so exp(-inf) == 0 and
  * a masked class has probability 0).  A NaN argument gives NaN (no integer conversion of a
@@ -78,18 +79,18 @@ static inline double fx_expm1_core(double xc, double *scale)
     double n = t - magic;
     double r = xc - n * 0.693147180369123816490;   /* ln2 hi (trailing zero bits) */
     r = r - n * 1.90821492927058770002e-10;         /* ln2 lo */
-    double p = 1.0 / 6227020800.0;
-    p = p * r + 1.0 / 479001600.0;
-    p = p * r + 1.0 / 39916800.0;
-    p = p * r + 1.0 / 3628800.0;
-    p = p * r + 1.0 / 362880.0;
-    p = p * r + 1.0 / 40320.0;
-    p = p * r + 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
+    /* (e^r - 1) / r as a degree-10 polynomial interpolating at the Chebyshev nodes of
+     * [-ln2/2, ln2/2] (near-minimax: 2e-17 relative, against 4e-15 for Taylor's degree 10) */
+    double p = 2.5105419192016337e-08;
+    p = p * r + 2.7626633990293144e-07;
+    p = p * r + 2.75572549134867e-06;
+    p = p * r + 2.4801503680856384e-05;
+    p = p * r + 0.00019841269875205077;
+    p = p * r + 0.0013888888933014717;
+    p = p * r + 0.008333333333326025;
+    p = p * r + 0.041666666666571636;
+    p = p * r + 0.1666666666666667;
+    p = p * r + 0.5000000000000006;
     p = p * r + 1.0;
     int64_t ti;
     memcpy(&ti, &t, 8);
