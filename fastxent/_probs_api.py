@@ -16,6 +16,10 @@ import numpy as np
 from . import _probs
 from ._api import (
     _BLOCK_ELEMS,
+    _F32,
+    _F64,
+    _I32,
+    _I64,
     _div,
     _float_array,
     _grad_output,
@@ -37,10 +41,6 @@ __all__ = [
     "perplexity",
 ]
 
-_F32 = np.dtype(np.float32)
-_F64 = np.dtype(np.float64)
-_I32 = np.dtype(np.int32)
-_I64 = np.dtype(np.int64)
 _SEG = 65536            # FX_SEG of _rowmath.h: rows longer than this may be split over threads
 _TILE = 16384           # TILE of _probs.pyx: elements per partial sum of the elementwise kernels
 

@@ -36,6 +36,8 @@ import zipfile
 
 import numpy as np
 
+from ._api import _div
+
 __all__ = [
     "ExactSum",
     "NpyArray",
@@ -192,15 +194,6 @@ class ExactSum:
             return (n << k) / d if k >= 0 else n / (d << -k)
         except OverflowError:
             return math.copysign(math.inf, n)
-
-
-def _div(a, b):
-    """a / b with IEEE semantics (0/0 -> nan, x/0 -> +-inf) and no exception."""
-    if b != 0.0:
-        return a / b
-    if a != a or a == 0.0:
-        return math.nan
-    return math.copysign(math.inf, a)
 
 
 # ============================================================================ inputs

@@ -178,3 +178,14 @@ def rng(request):
     """A generator seeded from the test's id, so every test is reproducible on its own."""
     import zlib
     return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+def finite_differences(f, x, h=1e-5):
+    """Central finite differences of the scalar function f at x (float64 gradients check)."""
+    grad = np.zeros_like(x)
+    for idx in np.ndindex(*x.shape):
+        xp, xm = x.copy(), x.copy()
+        xp[idx] += h
+        xm[idx] -= h
+        grad[idx] = (f(xp) - f(xm)) / (2 * h)
+    return grad

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import fastxent
-from tests.conftest import FLOAT_DTYPES, assert_with_grad_close, grad_unit, make_logits
+from tests.conftest import finite_differences as _finite_differences, FLOAT_DTYPES, assert_with_grad_close, grad_unit, make_logits
 
 REDUCTIONS = ["mean", "sum", "none"]
 
@@ -34,16 +34,6 @@ def _objective(x, t, kw):
     g = kw.pop("grad_output", 1.0)
     loss = fastxent.cross_entropy(x, t, **kw)
     return float(np.sum(np.asarray(g) * np.asarray(loss, dtype=np.float64)))
-
-
-def _finite_differences(f, x, h=1e-5):
-    grad = np.zeros_like(x)
-    for idx in np.ndindex(*x.shape):
-        xp, xm = x.copy(), x.copy()
-        xp[idx] += h
-        xm[idx] -= h
-        grad[idx] = (f(xp) - f(xm)) / (2 * h)
-    return grad
 
 
 OPTIONS = [o for o in itertools.product([False, True], ["none", "default", "custom"], [0.0, 0.2, 1.0],

@@ -16,7 +16,7 @@ import torch
 
 import fastxent
 from fastxent import reference as ref
-from tests.conftest import (FLOAT_DTYPES, assert_close, assert_result_type, f64, in_layout,
+from tests.conftest import (finite_differences as _finite_differences, FLOAT_DTYPES, assert_close, assert_result_type, f64, in_layout,
                             make_logits, make_weight)
 
 REDUCTIONS = ["mean", "sum", "none"]
@@ -90,16 +90,6 @@ def _objective(x, t, kw):
     kw = dict(kw)
     g = kw.pop("grad_output", 1.0)
     return float(np.sum(np.asarray(g) * np.asarray(fastxent.cross_entropy(x, t, **kw), np.float64)))
-
-
-def _finite_differences(f, x, h=1e-5):
-    grad = np.zeros_like(x)
-    for idx in np.ndindex(*x.shape):
-        xp, xm = x.copy(), x.copy()
-        xp[idx] += h
-        xm[idx] -= h
-        grad[idx] = (f(xp) - f(xm)) / (2 * h)
-    return grad
 
 
 # The transform / z-loss / unit options, alone and combined.
