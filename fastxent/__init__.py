@@ -12,11 +12,11 @@ from ._api import (
     softmax,
 )
 from ._config import config, show_config
+from ._version import __version__
 from ._linear import linear_cross_entropy
 from ._probs_api import *  # noqa: F401,F403
 from ._probs_api import __all__ as _probs_all
 
-__version__ = "0.1.0"
 
 __all__ = [
     "__version__",

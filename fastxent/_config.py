@@ -2,7 +2,7 @@
 import os
 import platform
 
-from . import _xent
+from ._kernels import xent as _xent
 
 try:
     from ._build_info import BUILD_INFO

@@ -20,6 +20,7 @@ import numbers
 import numpy as np
 
 from . import _api
+from . import _validation as check
 
 __all__ = ["linear_cross_entropy"]
 
@@ -118,10 +119,10 @@ def linear_cross_entropy(hidden, weight, target, *, bias=None, chunk_size=None, 
     if t.shape != row_shape:
         raise ValueError(f"target: expected shape {row_shape} to match hidden's rows, "
                          f"got {t.shape}")
-    ignore_index = _api._ignore_index(ignore_index)
-    _api._reduction(reduction)
-    label_smoothing = _api._label_smoothing(label_smoothing)
-    n_threads = _api._num_threads(num_threads)
+    ignore_index = check.integer(ignore_index, "ignore_index")
+    check.reduction(reduction)
+    label_smoothing = check.unit_float(label_smoothing, "label_smoothing")
+    n_threads = check.num_threads(num_threads)
     rows_per_chunk = _chunk_rows(chunk_size, N, V, dt.itemsize)
 
     b = None
@@ -138,23 +139,23 @@ def linear_cross_entropy(hidden, weight, target, *, bias=None, chunk_size=None, 
     if t1.dtype != np.int64 and t1.dtype != np.int32:
         if t1.dtype == np.uint64 and N and t1.max() > np.iinfo(np.int64).max:
             row = int(np.argmax(t1 > np.iinfo(np.int64).max))
-            _api._bad_label(t1, row, V, ignore_index)
+            check.raise_bad_label(t1, row, V, ignore_index)
         t1 = t1.astype(np.int64)
     # Labels are checked up front, with row indices over all rows (not per chunk).
     valid = t1 != ignore_index
     if N:
         bad = valid & ((t1 < 0) | (t1 >= V))
         if bad.any():
-            _api._bad_label(t1, int(np.argmax(bad)), V, ignore_index)
+            check.raise_bad_label(t1, int(np.argmax(bad)), V, ignore_index)
     n_valid = int(np.count_nonzero(valid))
 
     # grad_output: a scalar, or per-row for reduction="none"; the mean's 1/n_valid folded in.
     if reduction == "none":
-        gscale, grows = _api._grad_output(grad_output, "none", N, row_shape)
+        gscale, grows = check.grad_output(grad_output, "none", row_shape)
     else:
-        gscale, grows = _api._grad_output(grad_output, reduction, N, row_shape)
+        gscale, grows = check.grad_output(grad_output, reduction, row_shape)
     if reduction == "mean":
-        gscale = _api._div(gscale, float(n_valid))
+        gscale = check.div(gscale, float(n_valid))
     chunk_reduction = "none" if reduction == "none" else "sum"
     kw = dict(ignore_index=ignore_index, reduction=chunk_reduction,
               label_smoothing=label_smoothing, z_loss=z_loss, num_threads=n_threads)
@@ -199,7 +200,7 @@ def linear_cross_entropy(hidden, weight, target, *, bias=None, chunk_size=None, 
     else:
         total = math.fsum(partial)
         if reduction == "mean":
-            total = _api._div(total, float(n_valid)) if N else math.nan
+            total = check.div(total, float(n_valid)) if N else math.nan
         loss = dt.type(total)
     if not return_grad:
         return loss

@@ -13,21 +13,8 @@ import numbers
 
 import numpy as np
 
-from . import _probs
-from ._api import (
-    _BLOCK_ELEMS,
-    _F32,
-    _F64,
-    _I32,
-    _I64,
-    _div,
-    _float_array,
-    _grad_output,
-    _log_base_scale,
-    _num_threads,
-    _reduction,
-    _rows_of,
-)
+from . import _kernels
+from . import _validation as check
 
 __all__ = [
     "binary_cross_entropy",
@@ -42,7 +29,7 @@ __all__ = [
 ]
 
 _SEG = 65536            # FX_SEG of _rowmath.h: rows longer than this may be split over threads
-_TILE = 16384           # TILE of _probs.pyx: elements per partial sum of the elementwise kernels
+_TILE = 16384           # TILE of _kernels.probs.pyx: elements per partial sum of the elementwise kernels
 
 
 # ------------------------------------------------------------------ argument helpers
@@ -52,81 +39,23 @@ def _vals(arr, shape):
     return arr[()] if arr.ndim == 0 else arr
 
 
-def _axis(axis, ndim, name):
-    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
-        raise TypeError(f"axis: expected an int, got {type(axis).__name__}")
-    if not -ndim <= axis < ndim:
-        raise ValueError(f"axis: {axis} is out of bounds for {name} of dimension {ndim}")
-    return int(axis) % ndim
-
-
-def _promote(*dts):
-    return _F64 if any(dt == _F64 for dt in dts) else _F32
-
-
-def _as_kdt(a, kdt):
-    """``a`` (a real-valued ndarray) as an aligned array of the kernel dtype ``kdt``."""
-    if a.dtype != kdt:
-        return a.astype(kdt)
-    return a if a.flags.aligned else a.copy()
-
-
-def _real(x, name):
-    a = x if type(x) is np.ndarray else np.asarray(x)
-    if a.dtype.kind not in "biuf":
-        raise TypeError(f"{name}: expected a real-valued array, got dtype {a.dtype}")
-    return a
-
-
 def _threads(num_threads, work, rows, C):
     """Thread count of a call: the OpenMP default or ``num_threads``; 1 for small inputs."""
-    n = _num_threads(num_threads)
+    n = check.num_threads(num_threads)
     if rows is None:
         return 1 if work <= _TILE else n
-    if rows <= max(1, _BLOCK_ELEMS // max(C, 1)) and not (rows < n and C > _SEG):
+    if rows <= max(1, check.BLOCK_ELEMS // max(C, 1)) and not (rows < n and C > _SEG):
         return 1
     return n
-
-
-def _first(mask):
-    """Index (a tuple) of the first True of ``mask`` in C order."""
-    flat = int(np.argmax(mask.reshape(-1)))
-    return tuple(int(i) for i in np.unravel_index(flat, mask.shape))
 
 
 def _raise_negative(a, name):
     with np.errstate(invalid="ignore"):
         mask = a < 0
     if mask.any():
-        idx = _first(mask)
+        idx = check.first_index(mask)
         raise ValueError(f"{name}: probabilities must be non-negative, got {a[idx].item()!r} "
                          f"at index {idx}")
-
-
-def _check_out(out, shape, kdt, inputs, others):
-    """The caller's gradient array: right shape, dtype, writeable; it may be one of ``inputs``
-    itself (same memory, same layout: the gradient overwrites it) but overlap nothing else."""
-    if not isinstance(out, np.ndarray):
-        raise TypeError(f"out: expected a NumPy array, got {type(out).__name__}")
-    if out.shape != shape:
-        raise ValueError(f"out: expected shape {shape}, got {out.shape}")
-    if out.dtype != kdt:
-        raise ValueError(f"out: expected dtype {kdt} (the gradient's dtype), got {out.dtype}")
-    if not out.flags.writeable:
-        raise ValueError("out: the array is read-only")
-    if not out.flags.aligned:
-        raise ValueError("out: must be aligned with strides that are whole elements")
-    for arr, name in inputs:
-        if (isinstance(arr, np.ndarray) and np.may_share_memory(out, arr)
-                and not (arr.shape == out.shape and arr.strides == out.strides
-                         and arr.__array_interface__["data"][0]
-                         == out.__array_interface__["data"][0])):
-            raise ValueError(f"out: overlaps {name} in memory (only {name} itself, with the "
-                             "same layout, may be overwritten by the gradient)")
-    for arr, name in others:
-        if isinstance(arr, np.ndarray) and np.may_share_memory(out, arr):
-            raise ValueError(f"out: overlaps {name} in memory")
-    return out
 
 
 # ------------------------------------------------------------------ cross-entropy of probabilities
@@ -141,40 +70,32 @@ def _eps(eps, kdt):
     return e
 
 
-def _labels(t, C):
-    """Integer class labels as a contiguous int32/int64 vector (checked by the kernel)."""
-    if t.dtype == np.uint64 and t.size and t.max() > np.iinfo(np.int64).max:
-        _bad_label(t, C)
-    if t.dtype != _I64 and t.dtype != _I32:
-        t = t.astype(_I64)
-    return np.ascontiguousarray(t).reshape(-1)
-
-
 def _bad_label(t, C):
     mask = (t < 0) | (t >= C)
     if mask.any():
-        idx = _first(mask)
-        raise ValueError(f"p: label {int(t[idx])} at index {idx} is out of range [0, {C})")
+        check.raise_bad_label(t, int(np.argmax(mask.reshape(-1))), C, name="p", as_index=True)
 
 
 def _xent_probs(p, q, eps, axis, reduction, base, num_threads, with_grad, grad_output=1.0,
                 out=None):
-    qa = _float_array(q, "q")
+    qa = check.float_array(q, "q")
     if qa.ndim == 0:
         raise ValueError("q: expected an array with at least 1 dimension (the class axis), "
                          "got a scalar")
-    ax = _axis(axis, qa.ndim, "q")
+    ax = check.axis(axis, qa.ndim, "q")
     C = qa.shape[ax]
     if C == 0:
         raise ValueError(f"q: the class axis (axis {ax}) has length 0")
     row_shape = qa.shape[:ax] + qa.shape[ax + 1:]
     N = math.prod(row_shape)
-    pa = _real(p, "p")
+    pa = check.real_array(p, "p")
     if pa.shape == qa.shape:
         labels = None
-        kdt = _promote(qa.dtype, pa.dtype if pa.dtype.kind == "f" else qa.dtype)
+        kdt = check.promote(qa.dtype, pa.dtype if pa.dtype.kind == "f" else qa.dtype)
     elif pa.shape == row_shape and pa.dtype.kind in "iu":
-        labels = _labels(pa, C)
+        if pa.dtype.kind == "u" and pa.size and pa.max() > np.iinfo(np.int64).max:
+            _bad_label(pa, C)
+        labels = np.ascontiguousarray(check.labels(pa, C, None, row_shape, "p"))
         kdt = qa.dtype
     elif pa.shape == row_shape:
         raise TypeError(f"p: class labels (shape {row_shape}) must be integers, "
@@ -183,28 +104,28 @@ def _xent_probs(p, q, eps, axis, reduction, base, num_threads, with_grad, grad_o
         raise ValueError(f"p: expected q's shape {qa.shape} (probabilities) or {row_shape} "
                          f"(integer class labels), got {pa.shape}")
     e = _eps(eps, kdt)
-    _reduction(reduction)
-    lscale = _log_base_scale(base)
+    check.reduction(reduction)
+    lscale = check.log_base_scale(base)
     n_threads = _threads(num_threads, N * C, N, C)
-    qk = _as_kdt(qa, kdt)
-    qv = _rows_of(qk, ax, C, "q", False)
-    pv = None if labels is not None else _rows_of(_as_kdt(pa, kdt), ax, C, "p", False)
+    qk = check.as_kernel_dtype(qa, kdt)
+    qv = check.rows_of(qk, ax, C, "q", False)
+    pv = None if labels is not None else check.rows_of(check.as_kernel_dtype(pa, kdt), ax, C, "p", False)
 
     grad = gv = row_scale = None
     gscale = 1.0
     if with_grad:
-        gscale, row_scale = _grad_output(grad_output, reduction, N, row_shape)
+        gscale, row_scale = check.grad_output(grad_output, reduction, row_shape)
         gscale *= lscale
         if reduction == "mean":
-            gscale = _div(gscale, N)
+            gscale = check.div(gscale, N)
         if out is None:
             grad = np.empty(qa.shape, dtype=kdt)
         else:
-            grad = _check_out(out, qa.shape, kdt, [(q, "q")], [(p, "p")])
-        gv = _rows_of(grad, ax, C, "out", True)
+            grad = check.check_out(out, qa.shape, kdt, [(q, "q")], [(p, "p")], "gradient")
+        gv = check.rows_of(grad, ax, C, "out", True)
     vals = np.empty(N, dtype=kdt) if reduction == "none" else None
-    total, bad = _probs.rows(pv, qv, gv, labels, _probs.OP_XENT, 0, e, 1.0, gscale, row_scale,
-                             vals, lscale, max(1, _BLOCK_ELEMS // C), n_threads)
+    total, bad = _kernels.probs.rows(pv, qv, gv, labels, _kernels.probs.OP_XENT, 0, e, 1.0, gscale, row_scale,
+                             vals, lscale, max(1, check.BLOCK_ELEMS // C), n_threads)
     if bad:
         if labels is not None:
             _bad_label(pa, C)
@@ -215,7 +136,7 @@ def _xent_probs(p, q, eps, axis, reduction, base, num_threads, with_grad, grad_o
     if reduction == "none":
         loss = _vals(vals, row_shape)
     elif reduction == "mean":
-        loss = kdt.type(_div(total, N) * lscale if N else math.nan)
+        loss = kdt.type(check.div(total, N) * lscale if N else math.nan)
     else:
         loss = kdt.type(total * lscale)
     return (loss, grad) if with_grad else loss
@@ -257,11 +178,11 @@ def cross_entropy_from_probs_with_grad(p, q, *, eps=None, axis=-1, reduction="me
 
 # ------------------------------------------------------------------ entropy / KL divergence
 def _rows_input(p, name, axis):
-    a = _float_array(p, name)
+    a = check.float_array(p, name)
     if a.ndim == 0:
         raise ValueError(f"{name}: expected an array with at least 1 dimension (the class axis), "
                          "got a scalar")
-    ax = _axis(axis, a.ndim, name)
+    ax = check.axis(axis, a.ndim, name)
     C = a.shape[ax]
     if C == 0:
         raise ValueError(f"{name}: the class axis (axis {ax}) has length 0")
@@ -277,13 +198,13 @@ def entropy(p, axis=-1, base=None, *, num_threads=None):
     ``base``: None (nats), 2 (bits), any b > 0, != 1.
     """
     a, ax, C = _rows_input(p, "p", axis)
-    lscale = _log_base_scale(base)
+    lscale = check.log_base_scale(base)
     row_shape = a.shape[:ax] + a.shape[ax + 1:]
     N = math.prod(row_shape)
     n_threads = _threads(num_threads, N * C, N, C)
     vals = np.empty(N, dtype=a.dtype)
-    _, bad = _probs.rows(_rows_of(a, ax, C, "p", False), None, None, None, _probs.OP_ENTROPY, 0,
-                         0.0, 1.0, 1.0, None, vals, lscale, max(1, _BLOCK_ELEMS // C), n_threads)
+    _, bad = _kernels.probs.rows(check.rows_of(a, ax, C, "p", False), None, None, None, _kernels.probs.OP_ENTROPY, 0,
+                         0.0, 1.0, 1.0, None, vals, lscale, max(1, check.BLOCK_ELEMS // C), n_threads)
     if bad:
         _raise_negative(a, "p")
     return _vals(vals, row_shape)
@@ -310,23 +231,23 @@ def kl_divergence(p, q, *, axis=-1, reduction="none", base=None, log_q=False, lo
     batch size of (N, C, ...) inputs).  base: None (nats), 2 (bits), any b > 0, != 1.
     """
     a, ax, C = _rows_input(p, "p", axis)
-    b = _float_array(q, "q")
+    b = check.float_array(q, "q")
     if b.shape != a.shape:
         raise ValueError(f"q: expected p's shape {a.shape}, got {b.shape}")
     if reduction not in _KL_REDUCTIONS:
         raise ValueError(f"reduction: expected one of 'none', 'sum', 'mean', 'batchmean', "
                          f"got {reduction!r}")
-    lscale = _log_base_scale(base)
-    kdt = _promote(a.dtype, b.dtype)
-    a, b = _as_kdt(a, kdt), _as_kdt(b, kdt)
+    lscale = check.log_base_scale(base)
+    kdt = check.promote(a.dtype, b.dtype)
+    a, b = check.as_kernel_dtype(a, kdt), check.as_kernel_dtype(b, kdt)
     row_shape = a.shape[:ax] + a.shape[ax + 1:]
     N = math.prod(row_shape)
     n_threads = _threads(num_threads, N * C, N, C)
     mode = (1 if log_q else 0) | (2 if log_p else 0)
     vals = np.empty(N, dtype=kdt) if reduction == "none" else None
-    total, bad = _probs.rows(_rows_of(a, ax, C, "p", False), _rows_of(b, ax, C, "q", False), None,
-                             None, _probs.OP_KL, mode, 0.0, 1.0, 1.0, None, vals, lscale,
-                             max(1, _BLOCK_ELEMS // C), n_threads)
+    total, bad = _kernels.probs.rows(check.rows_of(a, ax, C, "p", False), check.rows_of(b, ax, C, "q", False), None,
+                             None, _kernels.probs.OP_KL, mode, 0.0, 1.0, 1.0, None, vals, lscale,
+                             max(1, check.BLOCK_ELEMS // C), n_threads)
     if bad:
         if not log_p:
             _raise_negative(a, "p")
@@ -335,9 +256,9 @@ def kl_divergence(p, q, *, axis=-1, reduction="none", base=None, log_q=False, lo
     if reduction == "none":
         return _vals(vals, row_shape)
     if reduction == "mean":
-        total = _div(total, a.size)
+        total = check.div(total, a.size)
     elif reduction == "batchmean":
-        total = _div(total, a.shape[0])
+        total = check.div(total, a.shape[0])
     return kdt.type(total * lscale)
 
 
@@ -353,7 +274,7 @@ def perplexity(logits, target, *, base=None, **cross_entropy_kwargs):
     """
     from ._api import cross_entropy
 
-    _log_base_scale(base)
+    check.log_base_scale(base)
     reduction = cross_entropy_kwargs.pop("reduction", "mean")
     if reduction not in ("mean", "none"):
         raise ValueError(f"reduction: perplexity needs 'mean' or 'none', got {reduction!r}")
@@ -367,16 +288,16 @@ def perplexity(logits, target, *, base=None, **cross_entropy_kwargs):
 
 # ------------------------------------------------------------------ binary cross-entropy
 def _same_shape(target, shape, kdt, xname):
-    t = _real(target, "target")
+    t = check.real_array(target, "target")
     if t.shape != shape:
         raise ValueError(f"target: expected shape {shape} (the {xname}' shape), got {t.shape}")
-    return _as_kdt(t, kdt)
+    return check.as_kernel_dtype(t, kdt)
 
 
 def _broadcast(v, shape, kdt, name, xname):
     if v is None:
         return None
-    a = _real(v, name)
+    a = check.real_array(v, name)
     try:
         ok = np.broadcast_shapes(a.shape, shape) == shape
     except ValueError:
@@ -384,7 +305,7 @@ def _broadcast(v, shape, kdt, name, xname):
     if not ok:
         raise ValueError(f"{name}: shape {a.shape} cannot be broadcast to the {xname}' "
                          f"shape {shape}")
-    return np.broadcast_to(_as_kdt(a, kdt), shape)
+    return np.broadcast_to(check.as_kernel_dtype(a, kdt), shape)
 
 
 def _coalesce(shape, arrays):
@@ -411,14 +332,14 @@ def _coalesce(shape, arrays):
 
 def _binary(op, x_in, target, weight, pos_weight, reduction, base, num_threads, with_grad,
             grad_output=1.0, out=None):
-    xname = "probs" if op == _probs.OP_BCE else "logits"
-    x = _float_array(x_in, xname)
+    xname = "probs" if op == _kernels.probs.OP_BCE else "logits"
+    x = check.float_array(x_in, xname)
     kdt, shape = x.dtype, x.shape
     y = _same_shape(target, shape, kdt, xname)
     w = _broadcast(weight, shape, kdt, "weight", xname)
     pw = _broadcast(pos_weight, shape, kdt, "pos_weight", xname)
-    _reduction(reduction)
-    lscale = _log_base_scale(base)
+    check.reduction(reduction)
+    lscale = check.log_base_scale(base)
     numel = math.prod(shape)
     n_threads = _threads(num_threads, numel, None, None)
 
@@ -428,7 +349,7 @@ def _binary(op, x_in, target, weight, pos_weight, reduction, base, num_threads, 
         if isinstance(grad_output, numbers.Real) and not isinstance(grad_output, bool):
             gscale = float(grad_output)
         else:
-            g = _real(grad_output, "grad_output")
+            g = check.real_array(grad_output, "grad_output")
             if g.size == 1 and (g.ndim == 0 or reduction != "none"):
                 gscale = float(g.reshape(()))
             elif reduction == "none":
@@ -438,13 +359,14 @@ def _binary(op, x_in, target, weight, pos_weight, reduction, base, num_threads, 
                                  f"got shape {g.shape}")
         gscale *= lscale
         if reduction == "mean":
-            gscale = _div(gscale, numel)
+            gscale = check.div(gscale, numel)
         if out is None:
             grad = np.empty(shape, dtype=kdt)
         else:
-            grad = _check_out(out, shape, kdt, [(x_in, xname)],
-                              [(target, "target"), (weight, "weight"), (pos_weight, "pos_weight"),
-                               (grad_output, "grad_output")])
+            grad = check.check_out(out, shape, kdt, [(x_in, xname)],
+                                   [(target, "target"), (weight, "weight"),
+                                    (pos_weight, "pos_weight"), (grad_output, "grad_output")],
+                                   "gradient")
 
     loss_flat = np.empty(numel, dtype=kdt) if reduction == "none" else None
     total, bad = 0.0, 0
@@ -465,7 +387,7 @@ def _binary(op, x_in, target, weight, pos_weight, reduction, base, num_threads, 
         R, K, strides = grid
         it = iter(strides)
         specs = [None if a is None else (a, *next(it)) for a in ops]
-        total, bad = _probs.binary(op, R, K, *specs, loss_flat, lscale, gscale, n_threads)
+        total, bad = _kernels.probs.binary(op, R, K, *specs, loss_flat, lscale, gscale, n_threads)
         if bad:
             _raise_range(x, xname)
             _raise_range(y, "target")
@@ -484,7 +406,7 @@ def _raise_range(a, name):
     with np.errstate(invalid="ignore"):
         mask = ~((a >= 0) & (a <= 1))
     if mask.any():
-        idx = _first(mask)
+        idx = check.first_index(mask)
         raise ValueError(f"{name}: all elements must be in [0, 1] (as torch's "
                          f"binary_cross_entropy), got {a[idx].item()!r} at index {idx}")
 
@@ -500,7 +422,7 @@ def binary_cross_entropy(probs, target, *, weight=None, reduction="mean", base=N
     array broadcastable to probs' shape (any values, as torch).  reduction: "mean" (over all
     elements), "sum", "none" (probs' shape).  base: None (nats), 2 (bits), any b > 0, != 1.
     """
-    return _binary(_probs.OP_BCE, probs, target, weight, None, reduction, base, num_threads, False)
+    return _binary(_kernels.probs.OP_BCE, probs, target, weight, None, reduction, base, num_threads, False)
 
 
 def binary_cross_entropy_with_grad(probs, target, *, weight=None, reduction="mean", base=None,
@@ -513,7 +435,7 @@ def binary_cross_entropy_with_grad(probs, target, *, weight=None, reduction="mea
     ``out=``: an array of probs' shape and dtype for the gradient (it may be probs itself).
     On a ValueError for an out-of-range value, ``out`` may have been partly written.
     """
-    return _binary(_probs.OP_BCE, probs, target, weight, None, reduction, base, num_threads, True,
+    return _binary(_kernels.probs.OP_BCE, probs, target, weight, None, reduction, base, num_threads, True,
                    grad_output, out)
 
 
@@ -531,7 +453,7 @@ def binary_cross_entropy_with_logits(logits, target, *, weight=None, pos_weight=
     (C,) applies along the last axis, as torch).  reduction: "mean" (over all elements), "sum",
     "none".  base: None (nats), 2 (bits), any b > 0, != 1.
     """
-    return _binary(_probs.OP_BCE_LOGITS, logits, target, weight, pos_weight, reduction, base,
+    return _binary(_kernels.probs.OP_BCE_LOGITS, logits, target, weight, pos_weight, reduction, base,
                    num_threads, False)
 
 
@@ -545,5 +467,5 @@ def binary_cross_entropy_with_logits_with_grad(logits, target, *, weight=None, p
     ``grad_output``: a scalar, or for reduction="none" an array broadcastable to the logits'
     shape.  ``out=``: an array of the logits' shape and dtype (it may be the logits themselves).
     """
-    return _binary(_probs.OP_BCE_LOGITS, logits, target, weight, pos_weight, reduction, base,
+    return _binary(_kernels.probs.OP_BCE_LOGITS, logits, target, weight, pos_weight, reduction, base,
                    num_threads, True, grad_output, out)

@@ -213,8 +213,8 @@ def _xent_rows(logits, target, weight, ignore_index, reduction, label_smoothing,
             raise TypeError(f"weight: expected a float array, got dtype {w.dtype}")
         if w.shape != (c,):
             raise ValueError(f"weight: expected shape ({c},), got {w.shape}")
-        if not (np.all(np.isfinite(w)) and np.all(w >= 0)):
-            raise ValueError("weight: entries must be finite and non-negative")
+        if not np.all(np.isfinite(w)):
+            raise ValueError("weight: entries must be finite (negative weights are allowed, as torch)")
         w = w.astype(dt)
 
     t = np.asarray(target)

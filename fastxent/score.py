@@ -36,7 +36,7 @@ import zipfile
 
 import numpy as np
 
-from ._api import _div
+from ._validation import div as _div
 
 __all__ = [
     "ExactSum",

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 import fastxent as _fx
+from . import _validation as _check
 from ._linear import linear_cross_entropy as _linear_cross_entropy_np
 
 __all__ = ["CrossEntropyLoss", "as_numpy", "cross_entropy", "fallback_reason",
@@ -242,7 +243,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     unbatched = input.dim() == 1
     if unbatched:                                   # (C,) with a () label or (C,) probabilities
         input, target = input.unsqueeze(0), target.unsqueeze(0)
-    nt = 0 if num_threads is None else _fx._api._num_threads(num_threads)   # 0: the default
+    nt = 0 if num_threads is None else _check.num_threads(num_threads)   # 0: the default
     need_grad = torch.is_grad_enabled() and input.requires_grad
     if torch.compiler.is_compiling():
         loss = _cross_entropy_op(input, target, weight, ignore_index, reduction,
