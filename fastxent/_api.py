@@ -141,9 +141,9 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
         z_rows = np.empty(N, dtype=kdt) if return_z_loss else None
     else:
         loss_rows = z_rows = None
-    total, ztotal, wsum, bad = _kernels.xent.xent(xv, t, probs, w, W, ignore_index, eps, zl, scale, cap,
-                                          lscale, gscale, row_scale, loss_rows, z_rows, gv,
-                                          rpb, n_threads)
+    total, ztotal, wsum, bad = _kernels.xent.xent(
+        xv, t, probs, w, W, ignore_index, eps, zl, 0.0, _kernels.xent.INPUT_LOGITS, scale, cap,
+        lscale, gscale, row_scale, loss_rows, z_rows, gv, rpb, n_threads)
     if bad >= 0:
         check.raise_bad_label(t, bad, C, ignore_index)
     if reduction == "none":
@@ -238,7 +238,7 @@ def logsumexp(x, axis=-1, *, num_threads=None):
     rows, shape, axis = _rows_view(x, axis)
     n_threads = check.num_threads(num_threads)
     out = np.empty(rows.shape[0], dtype=rows.dtype)
-    _kernels.xent.lse_family(rows, 0, out, None, check.rows_per_block(rows.shape[1]), n_threads)
+    _kernels.xent.lse_family(rows, _kernels.xent.LSE_LOGSUMEXP, out, None, check.rows_per_block(rows.shape[1]), n_threads)
     out = out.reshape(shape[:-1])
     return out[()] if out.ndim == 0 else out
 
@@ -254,9 +254,9 @@ def _softmax_like(x, axis, num_threads, mode):
 
 def log_softmax(x, axis=-1, *, num_threads=None):
     """x - logsumexp(x, axis), keeping dims; computed as (x - max) - log(sum(exp(x - max)))."""
-    return _softmax_like(x, axis, num_threads, 1)
+    return _softmax_like(x, axis, num_threads, _kernels.xent.LSE_LOG_SOFTMAX)
 
 
 def softmax(x, axis=-1, *, num_threads=None):
     """exp(x - logsumexp(x, axis)); masked (-inf) entries are exactly 0."""
-    return _softmax_like(x, axis, num_threads, 2)
+    return _softmax_like(x, axis, num_threads, _kernels.xent.LSE_SOFTMAX)
