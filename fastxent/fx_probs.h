@@ -116,7 +116,7 @@ FX_AI int FX_S(kl_block)(const T *p, const T *q, ptrdiff_t n, const int mode, do
         if (!(mode & 1)) b |= qv < 0;
         if (!slow) {
             int need = (mode & 2) ? (pv > FX_EXPMAX) : FX_ABNORMAL(pv) & (pv != 0);
-            if (!(mode & 1)) need |= FX_ABNORMAL(qv) & (pe != 0);
+            if (!(mode & 1)) need |= FX_ABNORMAL(qv) & ((pe != 0) | (qv != qv));
             sp |= need;
         }
         double v = (double)pe * ((double)lp - (double)lq);
