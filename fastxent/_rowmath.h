@@ -26,6 +26,7 @@
 #include "fx_rowio.h"
 #include "fx_xent.h"
 #include "fx_probs.h"
+#include "fx_score.h"
 #undef FX_T
 #undef FX_S
 #undef FX_DT
@@ -58,6 +59,7 @@
 #include "fx_rowio.h"
 #include "fx_xent.h"
 #include "fx_probs.h"
+#include "fx_score.h"
 #undef FX_T
 #undef FX_S
 #undef FX_DT

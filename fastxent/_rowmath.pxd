@@ -91,6 +91,24 @@ cdef extern from "_rowmath.h" nogil:
     int fx_lse_rows_f64(const fx_view *x, const fx_view *y, Py_ssize_t C, Py_ssize_t lo,
                         Py_ssize_t hi, int mode, double *lse_out)
 
+    # scoring statistics of a block of rows
+    enum:
+        FX_SCORE_LOGITS
+        FX_SCORE_LOGPROBS
+        FX_SCORE_PROBS
+    ctypedef struct fx_score_args:
+        fx_view x
+        const char *t
+        Py_ssize_t ts, C, ignore_index
+        int kind
+        double lo
+        double *loss
+        double *conf
+        double *brier
+        long long *rank
+    Py_ssize_t fx_score_rows_f32(const fx_score_args *A, Py_ssize_t lo, Py_ssize_t hi)
+    Py_ssize_t fx_score_rows_f64(const fx_score_args *A, Py_ssize_t lo, Py_ssize_t hi)
+
     # probability family: element loops
     double fx_dsum(const double *t, Py_ssize_t n)
     void fx_xlogq_terms_f32(const float *p, const float *q, Py_ssize_t n, float lo, float hi,

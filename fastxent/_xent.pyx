@@ -37,7 +37,8 @@ from fastxent._rowmath cimport (
     fx_xent_split_merge_f64, fx_xent_split_gap_f32, fx_xent_split_gap_f64,
     fx_xent_split_formula_f32, fx_xent_split_formula_f64, fx_xent_split_grad_f32,
     fx_xent_split_grad_f64, fx_fill_f32, fx_fill_f64, fx_lse_rows_f32, fx_lse_rows_f64,
-    FX_SEG, FX_BLOCK, FX_DT_F32, FX_DT_F64, FX_INPUT_LOGITS, FX_INPUT_LOGPROBS)
+    fx_score_args, fx_score_rows_f32, fx_score_rows_f64, FX_SEG, FX_BLOCK, FX_DT_F32, FX_DT_F64,
+    FX_INPUT_LOGITS, FX_INPUT_LOGPROBS, FX_SCORE_LOGITS, FX_SCORE_LOGPROBS, FX_SCORE_PROBS)
 
 cnp.import_array()
 
@@ -358,3 +359,60 @@ def lse_family(x, int mode, lse_out, out, Py_ssize_t rows_per_block, int n_threa
                                              <float *>lp)
     if nomem:
         raise MemoryError()
+
+
+# ------------------------------------------------------------------ scoring statistics
+SCORE_LOGITS = FX_SCORE_LOGITS
+SCORE_LOGPROBS = FX_SCORE_LOGPROBS
+SCORE_PROBS = FX_SCORE_PROBS
+
+
+def score_rows(x, labels, int kind, Py_ssize_t ignore_index, double lo, loss_out, rank_out,
+               conf_out, brier_out, Py_ssize_t rows_per_block, int n_threads):
+    """Scoring statistics of every row of the 2-D float32/float64 array ``x`` (see fx_score.h):
+    ``kind`` SCORE_LOGITS / SCORE_LOGPROBS / SCORE_PROBS (``lo``: the probabilities' lower clip);
+    labels: int64 (N,); loss_out / conf_out / brier_out: contiguous float64 (N,); rank_out:
+    contiguous int64 (N,).  Returns the first row whose label is out of [0, C) and not
+    ``ignore_index``, or -1."""
+    cdef fx_score_args A
+    A.x = view_of(x)
+    A.t = data_of(labels)
+    A.ts = cnp.PyArray_STRIDE(<cnp.ndarray>labels, 0)
+    A.C = cnp.PyArray_DIM(<cnp.ndarray>x, 1)
+    A.ignore_index = ignore_index
+    A.kind = kind
+    A.lo = lo
+    A.loss = <double *>data_of(loss_out)
+    A.conf = <double *>data_of(conf_out)
+    A.brier = <double *>data_of(brier_out)
+    A.rank = <long long *>data_of(rank_out)
+    cdef Py_ssize_t N = cnp.PyArray_DIM(<cnp.ndarray>x, 0), nb, b, lo_r, r, bad = -1
+    cdef bint f64 = A.x.dt == FX_DT_F64
+    cdef int nomem = 0
+    if N == 0:
+        return -1
+    nb = (N + rows_per_block - 1) // rows_per_block
+    cdef Py_ssize_t *bads = <Py_ssize_t *>malloc(nb * sizeof(Py_ssize_t))
+    if bads == NULL:
+        raise MemoryError()
+    with nogil:
+        if n_threads <= 1 or nb == 1:
+            for b in range(nb):
+                lo_r = b * rows_per_block
+                bads[b] = fx_score_rows_f64(&A, lo_r, min(lo_r + rows_per_block, N)) if f64 else \
+                    fx_score_rows_f32(&A, lo_r, min(lo_r + rows_per_block, N))
+        else:
+            for b in prange(nb, schedule="static", num_threads=n_threads):
+                lo_r = b * rows_per_block
+                bads[b] = fx_score_rows_f64(&A, lo_r, min(lo_r + rows_per_block, N)) if f64 else \
+                    fx_score_rows_f32(&A, lo_r, min(lo_r + rows_per_block, N))
+        for b in range(nb):
+            r = bads[b]
+            if r == -2:
+                nomem = 1
+            elif r >= 0 and bad < 0:
+                bad = r
+    free(bads)
+    if nomem:
+        raise MemoryError()
+    return bad

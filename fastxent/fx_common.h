@@ -10,6 +10,7 @@
  *   fx_lse.h       the log-sum-exp variants, side by side (template, one per float type)
  *   fx_xent.h      the per-row cross-entropy formula and the row/block loops (template)
  *   fx_probs.h     the probability-space losses (template)
+ *   fx_score.h     the scoring statistics of a row: loss, rank of the label, confidence, Brier
  *   _rowmath.h     includes the above, instantiating each template for float and double
  */
 #ifndef FASTXENT_FX_COMMON_H
