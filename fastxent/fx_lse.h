@@ -26,40 +26,37 @@ FX_S(seg_stats_impl)(const T *x, ptrdiff_t n, T *m_out, double *t_out, T *e, T *
 {
     T m = -(T)INFINITY;
     double t = 0.0;
+    int nan_seen = 0;
     for (ptrdiff_t b = 0; b < n; b += FX_BLOCK) {
         const T *xb = x + b;
         T *eb = store ? e + b : NULL;
         ptrdiff_t len = n - b < FX_BLOCK ? n - b : FX_BLOCK, i, j, w;
         T mx[FX_LANES];
-        int nn[FX_LANES];
         double acc[FX_LANES], cnt[FX_LANES];
         for (j = 0; j < FX_LANES; j++) {
-            mx[j] = -(T)INFINITY; nn[j] = 0; acc[j] = 0.0; cnt[j] = 0.0;
+            mx[j] = -(T)INFINITY; acc[j] = 0.0; cnt[j] = 0.0;
         }
-        /* the block's max (and whether it holds a NaN), FX_LANES partial results */
+        /* the block's max, FX_LANES partial results; a NaN is skipped here (comparisons with it
+         * are false) and caught by the sum it turns into NaN */
         for (i = 0; i + FX_LANES <= len; i += FX_LANES) {
             FX_SIMD
             for (j = 0; j < FX_LANES; j++) {
                 T v = xb[i + j];
                 mx[j] = v > mx[j] ? v : mx[j];
-                nn[j] |= v != v;
             }
         }
         for (j = 0; i + j < len; j++) {
             T v = xb[i + j];
             mx[j] = v > mx[j] ? v : mx[j];
-            nn[j] |= v != v;
         }
         for (w = FX_LANES / 2; w > 0; w /= 2)
-            for (j = 0; j < w; j++) {
+            for (j = 0; j < w; j++)
                 mx[j] = mx[j + w] > mx[j] ? mx[j + w] : mx[j];
-                nn[j] |= nn[j + w];
-            }
         T bmax = mx[0];
-        if (nn[0] || bmax == (T)INFINITY) {
-            /* NaN: t = NaN.  +inf (and no NaN anywhere in the row): m = t = +inf */
-            int nan_row = nn[0];
-            for (i = b + len; i < n && !nan_row; i++) nan_row = x[i] != x[i];
+        if (bmax == (T)INFINITY) {
+            /* +inf and no NaN anywhere in the row: m = t = +inf; a NaN: t = NaN */
+            int nan_row = nan_seen || t != t;
+            for (i = b; i < n && !nan_row; i++) nan_row = x[i] != x[i];
             *m_out = nan_row ? (T)NAN : bmax;
             *t_out = nan_row ? NAN : (double)INFINITY;
             return 1;
@@ -67,7 +64,11 @@ FX_S(seg_stats_impl)(const T *x, ptrdiff_t n, T *m_out, double *t_out, T *e, T *
         T mn = bmax > m ? bmax : m;
         if (store) bm[b / FX_BLOCK] = mn;
         if (mn == -(T)INFINITY) {
-            if (store) for (i = 0; i < len; i++) eb[i] = 0;
+            /* every element so far is -inf or NaN: no exp to take, but a NaN must show */
+            int nan_blk = 0;
+            for (i = 0; i < len; i++) nan_blk |= xb[i] != xb[i];
+            nan_seen |= nan_blk;
+            if (store) for (i = 0; i < len; i++) eb[i] = nan_blk ? (T)NAN : (T)0;
             continue;
         }
         /* The maximum's own exp(0) = 1 terms are counted apart (cnt), so that t holds the rest
@@ -122,6 +123,11 @@ FX_S(seg_stats_impl)(const T *x, ptrdiff_t n, T *m_out, double *t_out, T *e, T *
         else
             t += cnt[0] + acc[0];
         m = mn;
+    }
+    if (nan_seen || t != t) {
+        *m_out = (T)NAN;
+        *t_out = NAN;
+        return 1;
     }
     *m_out = m;
     *t_out = t;
