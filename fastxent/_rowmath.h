@@ -8,7 +8,9 @@
 #include "fx_common.h"
 #include "fx_math.h"
 
-/* ---------------------------------------------------------------- float32 */
+/* Each template header is included once per float type, with its parameters defined here:
+ * FX_T the type, FX_S(name) the function names, FX_DT its FX_DT_* code, and its element
+ * functions (fx_math.h).  fx_templates.h includes the templates and undefines the parameters. */
 #define FX_T float
 #define FX_S(name) fx_##name##_f32
 #define FX_DT FX_DT_F32
@@ -22,26 +24,8 @@
 #define FX_TANH fx_tanhf
 #define FX_ABNORMAL fx_abnormalf
 #define FX_EXPMAX 88.0f
-#include "fx_lse.h"
-#include "fx_rowio.h"
-#include "fx_xent.h"
-#include "fx_probs.h"
-#include "fx_score.h"
-#undef FX_T
-#undef FX_S
-#undef FX_DT
-#undef FX_EXP
-#undef FX_PEXP
-#undef FX_LOG
-#undef FX_PLOG
-#undef FX_LOG1P
-#undef FX_PLOG1P
-#undef FX_LOG1P_UNIT
-#undef FX_TANH
-#undef FX_ABNORMAL
-#undef FX_EXPMAX
+#include "fx_templates.h"
 
-/* ---------------------------------------------------------------- float64 */
 #define FX_T double
 #define FX_S(name) fx_##name##_f64
 #define FX_DT FX_DT_F64
@@ -55,23 +39,6 @@
 #define FX_TANH fx_tanh
 #define FX_ABNORMAL fx_abnormal
 #define FX_EXPMAX 709.0
-#include "fx_lse.h"
-#include "fx_rowio.h"
-#include "fx_xent.h"
-#include "fx_probs.h"
-#include "fx_score.h"
-#undef FX_T
-#undef FX_S
-#undef FX_DT
-#undef FX_EXP
-#undef FX_PEXP
-#undef FX_LOG
-#undef FX_PLOG
-#undef FX_LOG1P
-#undef FX_PLOG1P
-#undef FX_LOG1P_UNIT
-#undef FX_TANH
-#undef FX_ABNORMAL
-#undef FX_EXPMAX
+#include "fx_templates.h"
 
 #endif /* FASTXENT_ROWMATH_H */

@@ -97,25 +97,15 @@ static inline ptrdiff_t fx_short_labels(const fx_xent_args *A, ptrdiff_t r0, ptr
 {
     ptrdiff_t C = A->o.C, ii = A->ignore_index, ts = A->ts;
     const char *t = A->t + r0 * ts;
-    int anybad = 0;
-    if (A->t64) {
-        FX_SIMD
-        for (ptrdiff_t r = 0; r < R; r++) {
-            ptrdiff_t y = (ptrdiff_t)*(const int64_t *)(t + r * ts);
-            int ok = (y >= 0) & (y < C) & (y != ii);
-            valid[r] = (char)ok;
-            yi[r] = ok ? y : 0;
-            anybad |= !ok & (y != ii);
-        }
-    } else {
-        FX_SIMD
-        for (ptrdiff_t r = 0; r < R; r++) {
-            ptrdiff_t y = (ptrdiff_t)*(const int32_t *)(t + r * ts);
-            int ok = (y >= 0) & (y < C) & (y != ii);
-            valid[r] = (char)ok;
-            yi[r] = ok ? y : 0;
-            anybad |= !ok & (y != ii);
-        }
+    int anybad = 0, t64 = A->t64;
+    FX_SIMD
+    for (ptrdiff_t r = 0; r < R; r++) {
+        const char *p = t + r * ts;
+        ptrdiff_t y = t64 ? (ptrdiff_t)*(const int64_t *)p : (ptrdiff_t)*(const int32_t *)p;
+        int ok = (y >= 0) & (y < C) & (y != ii);
+        valid[r] = (char)ok;
+        yi[r] = ok ? y : 0;
+        anybad |= !ok & (y != ii);
     }
     if (!anybad) return -1;
     for (ptrdiff_t r = 0; r < R; r++)
