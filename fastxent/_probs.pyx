@@ -41,7 +41,8 @@ from fastxent._rowmath cimport (
     fx_xlogx_terms_f64, fx_kl_terms_f32, fx_kl_terms_f64, fx_dsum, fx_fill_f32, fx_fill_f64,
     fx_bce_f32, fx_bce_f64, fx_bce_grad_f32, fx_bce_grad_f64, fx_bcel_f32, fx_bcel_f64,
     fx_bcel_grad_f32, fx_bcel_grad_f64, fx_gather_f32, fx_gather_f64, fx_scatter_f32,
-    fx_scatter_f64)
+    fx_scatter_f64, FX_ROW_XENT, FX_ROW_ENTROPY, FX_ROW_KL, FX_BIN_PROBS, FX_BIN_LOGITS,
+    FX_KL_LOG_Q, FX_KL_LOG_P)
 
 cnp.import_array()
 
@@ -50,31 +51,27 @@ cdef enum:
     CHUNK = 512         # elements per chunk of the elementwise kernels (buffers stay in L1)
     TILE = 16384        # elements per partial sum of the elementwise kernels
 
-cdef enum:
-    K_XENT = 0
-    K_ENTROPY = 1
-    K_KL = 2
-    K_BCE = 0
-    K_BCE_LOGITS = 1
 
 # the ``op`` codes of ``rows`` and ``binary``, for the API layer
-OP_XENT = K_XENT
-OP_ENTROPY = K_ENTROPY
-OP_KL = K_KL
-OP_BCE = K_BCE
-OP_BCE_LOGITS = K_BCE_LOGITS
+OP_XENT = FX_ROW_XENT
+OP_ENTROPY = FX_ROW_ENTROPY
+OP_KL = FX_ROW_KL
+OP_BCE = FX_BIN_PROBS
+OP_BCE_LOGITS = FX_BIN_LOGITS
+KL_LOG_Q = FX_KL_LOG_Q
+KL_LOG_P = FX_KL_LOG_P
 
 
 # ------------------------------------------------------------------ fused-type names
 cdef inline void _terms(int op, int mode, const floating *p, const floating *q, Py_ssize_t n,
                         double lo, double hi, double *t, int *bad) noexcept nogil:
     """t[i] = the row loss's term of element i (see _rowmath.h), invalid inputs flagged."""
-    if op == K_ENTROPY:
+    if op == FX_ROW_ENTROPY:
         if floating is float:
             fx_xlogx_terms_f32(p, n, t, bad)
         else:
             fx_xlogx_terms_f64(p, n, t, bad)
-    elif op == K_KL:
+    elif op == FX_ROW_KL:
         if floating is float:
             fx_kl_terms_f32(p, q, n, mode, t, bad)
         else:
@@ -125,7 +122,7 @@ cdef struct RowArgs:
     char *t             # integer labels (N,), contiguous, or NULL
     bint t64            # labels are int64 (else int32)
     Py_ssize_t N, C
-    int op              # K_XENT, K_ENTROPY, K_KL
+    int op              # FX_ROW_XENT, FX_ROW_ENTROPY, FX_ROW_KL
     int mode            # KL: bit 1 q holds log q, bit 2 p holds log p
     double lo, hi       # cross-entropy: q is clipped to [lo, hi]
     double sign         # row value = sign * sum of the terms (-1: cross-entropy, entropy)
@@ -173,7 +170,7 @@ cdef double _short_rows(const RowArgs *A, Py_ssize_t lo, Py_ssize_t hi, floating
         R = min(G, hi - r)
         n = R * C
         pp = _rows_in(&A.p, r, R, C, pb)
-        if A.op != K_ENTROPY:
+        if A.op != FX_ROW_ENTROPY:
             qp = _rows_in(&A.q, r, R, C, qb)
         _terms(A.op, A.mode, pp, qp, n, A.lo, A.hi, tb, bad)
         for j in range(R):
@@ -212,7 +209,7 @@ cdef double _long_part(const RowArgs *A, Py_ssize_t i, Py_ssize_t k0, Py_ssize_t
         else:
             _gather(fx_row(&A.p, i) + k * A.p.cs, A.p.cs, n, pb)
             pp = pb
-        if A.op != K_ENTROPY:
+        if A.op != FX_ROW_ENTROPY:
             if A.q.cs == sizeof(floating):
                 qp = <const floating *>(fx_row(&A.q, i) + k * A.q.cs)
             else:
@@ -253,7 +250,7 @@ cdef double _label_rows(const RowArgs *A, Py_ssize_t lo, Py_ssize_t hi, floating
             else:
                 bad[0] = 1
                 qb[j] = <floating>NAN
-        _terms(K_XENT, 0, pb, qb, R, A.lo, A.hi, tb, bad)
+        _terms(FX_ROW_XENT, 0, pb, qb, R, A.lo, A.hi, tb, bad)
         for j in range(R):
             v = -tb[j]
             acc += v
@@ -314,7 +311,7 @@ cdef tuple _rows_run(const RowArgs *A, Py_ssize_t rows_per_block, int n_threads,
         return 0.0, 0
     split = (n_threads > 1 and N < n_threads and C > FX_SEG and A.t == NULL
              and A.p.cs == sizeof(floating)
-             and (A.op == K_ENTROPY or A.q.cs == sizeof(floating))
+             and (A.op == FX_ROW_ENTROPY or A.q.cs == sizeof(floating))
              and (A.g.base == NULL or A.g.cs == sizeof(floating)))
     if split:
         nseg = (C + FX_SEG - 1) // FX_SEG
@@ -401,7 +398,7 @@ def rows(p, q, grad_out, labels, int op, int mode, double lo, double hi, double 
     A.mode = mode
     A.lo = lo
     A.hi = hi
-    A.sign = 1.0 if op == K_KL else -1.0
+    A.sign = 1.0 if op == FX_ROW_KL else -1.0
     A.gscale = gscale
     A.row_scale = (NULL if row_scale is None
                    else <const double *>cnp.PyArray_DATA(<cnp.ndarray>row_scale))
@@ -472,7 +469,7 @@ cdef double _bin_tile(const BinArgs *A, Py_ssize_t lo, Py_ssize_t hi, int *bad,
             wp = _chunk(&A.w, r, kk, m, wb) if A.w.base != NULL else ones
             pwp = _chunk(&A.pw, r, kk, m, pwb) if A.pw.base != NULL else NULL
             lp = (<floating *>A.loss_out) + pos + c0 if A.loss_out != NULL else lb
-            if A.op == K_BCE:
+            if A.op == FX_BIN_PROBS:
                 if floating is float:
                     acc += fx_bce_f32(xp, yp, wp, m, ls, lp, bad)
                 else:
@@ -491,7 +488,7 @@ cdef double _bin_tile(const BinArgs *A, Py_ssize_t lo, Py_ssize_t hi, int *bad,
                     fp = fb
                 gdst = A.g.base + r * A.g.s0 + kk * A.g.cs
                 gp = <floating *>gdst if A.g.cs == sizeof(floating) else gb
-                if A.op == K_BCE:
+                if A.op == FX_BIN_PROBS:
                     if floating is float:
                         fx_bce_grad_f32(xp, yp, fp, m, gs, gp)
                     else:

@@ -110,6 +110,14 @@ cdef extern from "_rowmath.h" nogil:
     Py_ssize_t fx_score_rows_f64(const fx_score_args *A, Py_ssize_t lo, Py_ssize_t hi)
 
     # probability family: element loops
+    enum:
+        FX_ROW_XENT
+        FX_ROW_ENTROPY
+        FX_ROW_KL
+        FX_BIN_PROBS
+        FX_BIN_LOGITS
+        FX_KL_LOG_Q
+        FX_KL_LOG_P
     double fx_dsum(const double *t, Py_ssize_t n)
     void fx_xlogq_terms_f32(const float *p, const float *q, Py_ssize_t n, float lo, float hi,
                             double *t, int *bad)

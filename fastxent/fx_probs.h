@@ -24,6 +24,11 @@
 #define FASTXENT_FX_PROBS_ONCE
 enum { FX_PBLK = 512 };
 
+/* the row losses of the probability family, and the two binary cross-entropies */
+enum { FX_ROW_XENT = 0, FX_ROW_ENTROPY = 1, FX_ROW_KL = 2, FX_BIN_PROBS = 3, FX_BIN_LOGITS = 4 };
+/* kl_terms mode bits */
+enum { FX_KL_LOG_Q = 1, FX_KL_LOG_P = 2 };
+
 /* sum of n doubles (a row's terms), vectorised: a fixed order for a given n */
 static inline double fx_dsum(const double *t, ptrdiff_t n)
 {
