@@ -134,12 +134,29 @@ def test_records_speedups_and_fastest_peer():
 
 
 # ------------------------------------------------------------------ a whole smoke run
+_SMOKE_CHILD = """
+import io, sys
+from fastxent._bench import run, saved
+out, progress = io.StringIO(), io.StringIO()
+results = run.run("smoke", out=out, progress=progress, threads_scaling=True, linear=False)
+saved.save_json(results, sys.argv[1])
+open(sys.argv[2], "w").write(out.getvalue())
+open(sys.argv[3], "w").write(progress.getvalue())
+"""
+
+
 @pytest.fixture(scope="module")
-def smoke_run():
-    out, prog = io.StringIO(), io.StringIO()
-    # the linear case runs in test_cli_smoke_json_plot_report (and tests/test_linear.py)
-    results = run.run("smoke", out=out, progress=prog, threads_scaling=True, linear=False)
-    return results, out.getvalue(), prog.getvalue()
+def smoke_run(tmp_path_factory):
+    """A whole smoke run with every installed peer: (results as saved in JSON, report text,
+    progress text).  It runs in a child process, because peers such as jax start threads that
+    a later fork() in this test process must not inherit.  The linear case runs in
+    test_cli_smoke_json_plot_report (and tests/test_linear.py)."""
+    where = tmp_path_factory.mktemp("smoke")
+    paths = [where / name for name in ("results.json", "report.txt", "progress.txt")]
+    proc = subprocess.run([sys.executable, "-c", _SMOKE_CHILD] + [str(p) for p in paths],
+                          capture_output=True, text=True, cwd=where)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return (saved.load_results(paths[0]),) + tuple(p.read_text() for p in paths[1:])
 
 
 def _main_table(text):
