@@ -171,6 +171,8 @@ def _scale(grad, grad_output, reduction, shortcut):
 def _is_plain(t):
     """False for the batched and wrapped tensors of vmap and torch.func (their values cannot be
     read in Python)."""
+    if torch.compiler.is_compiling():                   # traced: fake tensors, never wrapped
+        return True
     return not (_functorch.is_functorch_wrapped_tensor(t) or _functorch.is_legacy_batchedtensor(t))
 
 
