@@ -9,6 +9,8 @@ from ._api import (
     cross_entropy_with_grad,
     log_softmax,
     logsumexp,
+    nll_loss,
+    nll_loss_with_grad,
     softmax,
 )
 from ._config import config, show_config
@@ -26,6 +28,8 @@ __all__ = [
     "linear_cross_entropy",
     "log_softmax",
     "logsumexp",
+    "nll_loss",
+    "nll_loss_with_grad",
     "show_config",
     "softmax",
 ] + list(_probs_all)

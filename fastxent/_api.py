@@ -19,6 +19,8 @@ __all__ = [
     "softmax",
     "cross_entropy",
     "cross_entropy_with_grad",
+    "nll_loss",
+    "nll_loss_with_grad",
 ]
 
 
@@ -66,7 +68,8 @@ def _soft_targets(target, x, axis, C, kdt):
 
 def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing, num_threads,
                    axis, z_loss, softcap, logit_scale, base, return_z_loss, with_grad,
-                   grad_output=1.0, out=None, inplace=False, grad_dtype=None):
+                   grad_output=1.0, out=None, inplace=False, grad_dtype=None, focal_gamma=0.0,
+                   log_probs=False):
     x = check.logits_array(logits)
     nd = x.ndim
     if nd < 2:
@@ -99,6 +102,8 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
     cap, scale = (0.0, 1.0) if softcap is None and logit_scale == 1.0 else \
         check.logit_transform(softcap, logit_scale)
     lscale = 1.0 if base is None else check.log_base_scale(base)
+    gamma = focal_gamma if type(focal_gamma) is float and focal_gamma == 0.0 else \
+        check.nonneg_float(focal_gamma, "focal_gamma")
     rpb = check.BLOCK_ELEMS // C or 1
     if num_threads is not None:
         n_threads = check.num_threads(num_threads)
@@ -108,6 +113,11 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
     tgt = target if type(target) is np.ndarray else check.as_array(target)
     kind = tgt.dtype.kind
     soft = kind == "f" or (kind == "V" and check.is_bf16(tgt.dtype))
+    if soft and log_probs:
+        raise TypeError(f"target: expected integer class labels, got dtype {tgt.dtype}")
+    if gamma != 0.0 and (soft or eps != 0.0):
+        raise ValueError("focal_gamma: the focal loss needs integer class labels and no "
+                         "label_smoothing")
     if soft:
         t, probs = None, _soft_targets(tgt, x, axis, C, kdt)
     else:
@@ -141,9 +151,10 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
         z_rows = np.empty(N, dtype=kdt) if return_z_loss else None
     else:
         loss_rows = z_rows = None
-    total, ztotal, wsum, bad = _kernels.xent.xent(xv, t, probs, w, W, ignore_index, eps, zl, scale, cap,
-                                          lscale, gscale, row_scale, loss_rows, z_rows, gv,
-                                          rpb, n_threads)
+    total, ztotal, wsum, bad = _kernels.xent.xent(
+        xv, t, probs, w, W, ignore_index, eps, zl, gamma,
+        _kernels.xent.INPUT_LOGPROBS if log_probs else _kernels.xent.INPUT_LOGITS, scale, cap,
+        lscale, gscale, row_scale, loss_rows, z_rows, gv, rpb, n_threads)
     if bad >= 0:
         check.raise_bad_label(t, bad, C, ignore_index)
     if reduction == "none":
@@ -164,7 +175,7 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
 
 def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
                   label_smoothing=0.0, axis=-1, z_loss=0.0, softcap=None, logit_scale=1.0,
-                  base=None, return_z_loss=False, num_threads=None):
+                  base=None, return_z_loss=False, focal_gamma=0.0, num_threads=None):
     """Cross-entropy between softmax(logits) and the targets, as
     ``torch.nn.functional.cross_entropy``.
 
@@ -186,16 +197,21 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
     the z-loss part reduced like the loss.  ``base`` gives the unit: None (nats), 2 (bits),
     any b > 0, != 1.  Sums are in float64, in an order that does not depend on
     ``num_threads``: results are bit-identical for any thread count.
+
+    ``focal_gamma``: the focal loss of Lin et al. (2017), multi-class form:
+    -(1 - p_y)^gamma log p_y per row (times w[y]; "mean" divides by the same weights as the
+    cross-entropy); integer labels only, without label smoothing; 0 gives the cross-entropy.
     """
     return _cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing,
                           num_threads, axis, z_loss, softcap, logit_scale, base, return_z_loss,
-                          False)
+                          False, focal_gamma=focal_gamma)
 
 
 def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
                             label_smoothing=0.0, axis=-1, z_loss=0.0, softcap=None,
                             logit_scale=1.0, base=None, return_z_loss=False, grad_output=1.0,
-                            out=None, inplace=False, grad_dtype=None, num_threads=None):
+                            out=None, inplace=False, grad_dtype=None, focal_gamma=0.0,
+                            num_threads=None):
     """``(loss, grad)`` in one fused pass over the logits; grad = d(loss)/d(logits) * grad_output
     (``(loss, z_term, grad)`` with ``return_z_loss=True``).
 
@@ -208,7 +224,35 @@ def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, r
     """
     return _cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing,
                           num_threads, axis, z_loss, softcap, logit_scale, base, return_z_loss,
-                          True, grad_output, out, inplace, grad_dtype)
+                          True, grad_output, out, inplace, grad_dtype, focal_gamma)
+
+
+def nll_loss(log_probs, target, *, weight=None, ignore_index=-100, reduction="mean", axis=-1,
+             base=None, num_threads=None):
+    """Negative log-likelihood of log-probabilities, as ``torch.nn.functional.nll_loss``:
+    ``-w[y] * log_probs[y]`` per row (no softmax is taken: the input is usually the output of
+    :func:`log_softmax`).
+
+    log_probs: float32/float64 (16-bit floats computed in float32) of shape (N, C) or N-D with
+    the class axis ``axis`` (PyTorch's (N, C, d1, ...) layout is ``axis=1``).  target: integer
+    class labels of the input's shape without the class axis.  weight, ignore_index, reduction
+    ("mean" divides by the sum of w[y] over the rows that are not ignored), base and
+    num_threads as :func:`cross_entropy`.
+    """
+    return _cross_entropy(log_probs, target, weight, ignore_index, reduction, 0.0, num_threads,
+                          axis, 0.0, None, 1.0, base, False, False, log_probs=True)
+
+
+def nll_loss_with_grad(log_probs, target, *, weight=None, ignore_index=-100, reduction="mean",
+                       axis=-1, base=None, grad_output=1.0, out=None, inplace=False,
+                       num_threads=None):
+    """``(loss, grad)``: :func:`nll_loss` and d(loss)/d(log_probs) * grad_output, which is
+    ``-w[y] * grad_output`` (/ the denominator of "mean") at each row's label and 0 elsewhere.
+    ``grad_output``, ``out`` and ``inplace`` as :func:`cross_entropy_with_grad`.
+    """
+    return _cross_entropy(log_probs, target, weight, ignore_index, reduction, 0.0, num_threads,
+                          axis, 0.0, None, 1.0, base, False, True, grad_output, out, inplace,
+                          None, log_probs=True)
 
 
 # ------------------------------------------------------------------ log-sum-exp family
@@ -238,7 +282,7 @@ def logsumexp(x, axis=-1, *, num_threads=None):
     rows, shape, axis = _rows_view(x, axis)
     n_threads = check.num_threads(num_threads)
     out = np.empty(rows.shape[0], dtype=rows.dtype)
-    _kernels.xent.lse_family(rows, 0, out, None, check.rows_per_block(rows.shape[1]), n_threads)
+    _kernels.xent.lse_family(rows, _kernels.xent.LSE_LOGSUMEXP, out, None, check.rows_per_block(rows.shape[1]), n_threads)
     out = out.reshape(shape[:-1])
     return out[()] if out.ndim == 0 else out
 
@@ -254,9 +298,9 @@ def _softmax_like(x, axis, num_threads, mode):
 
 def log_softmax(x, axis=-1, *, num_threads=None):
     """x - logsumexp(x, axis), keeping dims; computed as (x - max) - log(sum(exp(x - max)))."""
-    return _softmax_like(x, axis, num_threads, 1)
+    return _softmax_like(x, axis, num_threads, _kernels.xent.LSE_LOG_SOFTMAX)
 
 
 def softmax(x, axis=-1, *, num_threads=None):
     """exp(x - logsumexp(x, axis)); masked (-inf) entries are exactly 0."""
-    return _softmax_like(x, axis, num_threads, 2)
+    return _softmax_like(x, axis, num_threads, _kernels.xent.LSE_SOFTMAX)

@@ -36,7 +36,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-__all__ = ["logsumexp", "log_softmax", "softmax", "cross_entropy", "cross_entropy_with_grad"]
+__all__ = ["logsumexp", "log_softmax", "softmax", "cross_entropy", "cross_entropy_with_grad",
+           "nll_loss", "nll_loss_with_grad"]
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -186,7 +187,7 @@ def _check_options(reduction, label_smoothing, z_loss, softcap, logit_scale, bas
 
 
 def _xent_rows(logits, target, weight, ignore_index, reduction, label_smoothing, axis=-1,
-               z_loss=0.0, softcap=None, logit_scale=1.0, base=None):
+               z_loss=0.0, softcap=None, logit_scale=1.0, base=None, focal_gamma=0.0):
     """Validate, then return everything the loss and the gradient need (a namespace).
 
     The logits are viewed as (N, C) rows (class axis last); the transformed logits
@@ -204,6 +205,9 @@ def _xent_rows(logits, target, weight, ignore_index, reduction, label_smoothing,
     row_shape = x.shape[:axis] + x.shape[axis + 1:]
     eps, zl, cap, scale, log_base = _check_options(reduction, label_smoothing, z_loss, softcap,
                                                    logit_scale, base)
+    gamma = float(focal_gamma)
+    if not (gamma >= 0.0 and np.isfinite(gamma)):
+        raise ValueError(f"focal_gamma: must be a finite number >= 0, got {focal_gamma!r}")
     dt = _compute_dtype(x.dtype)
     if weight is None:
         w = np.ones(c, dtype=dt)
@@ -219,6 +223,9 @@ def _xent_rows(logits, target, weight, ignore_index, reduction, label_smoothing,
 
     t = np.asarray(target)
     soft = t.dtype.kind == "f"
+    if gamma != 0.0 and (soft or eps != 0.0):
+        raise ValueError("focal_gamma: the focal loss needs integer class labels and no "
+                         "label_smoothing")
     if soft and t.shape != x.shape:
         raise ValueError(f"target: soft targets (class probabilities) must have the logits' shape "
                          f"{x.shape}, got {t.shape}")
@@ -246,10 +253,20 @@ def _xent_rows(logits, target, weight, ignore_index, reduction, label_smoothing,
             loss = (-np.sum(w * q * logp, axis=1)).astype(dt)
         else:
             q = None
+            focal_grad = None
             y, valid = _check_target(t, row_shape, c, ignore_index)
             rows = np.arange(n)
             w_y = np.where(valid, w[y], 0).astype(dt)           # weight of each row's target
             nll = np.where(valid, -w[y] * logp[rows, y], 0).astype(dt)
+            focal_grad = None
+            if gamma != 0.0:
+                # focal loss (Lin et al. 2017): -(1 - p_y)^gamma log p_y, and its derivative
+                # factor F = (1 - p_y)^gamma - gamma (1 - p_y)^(gamma - 1) p_y log p_y
+                logp_y = logp[rows, y]
+                p_y, q_y = np.exp(logp_y), -np.expm1(logp_y)       # p_y and 1 - p_y
+                nll = (nll * q_y ** gamma).astype(dt)
+                focal_grad = q_y ** gamma - gamma * q_y ** (gamma - 1) * p_y * logp_y
+                focal_grad = np.where(q_y == 0, 0.0, np.where(p_y == 0, 1.0, focal_grad))
             if eps == 0.0:
                 # As torch: no smoothing term at all (so a masked class does not give 0 * inf = nan).
                 loss = nll
@@ -265,7 +282,8 @@ def _xent_rows(logits, target, weight, ignore_index, reduction, label_smoothing,
             loss = (loss + zrow).astype(dt)
     return SimpleNamespace(x=x, shape=x.shape, axis=axis, row_shape=row_shape, c=c, dt=dt, z=z,
                            dz=dz, soft=soft, y=y, q=q, valid=valid, w=w, w_y=w_y, loss=loss,
-                           zrow=zrow, lse=lse, eps=eps, zl=zl, log_base=log_base)
+                           zrow=zrow, lse=lse, eps=eps, zl=zl, log_base=log_base,
+                           focal_grad=focal_grad if not soft else None)
 
 
 def _reduce(loss, w_y, reduction, dt):
@@ -293,7 +311,7 @@ def _finish(values, r, reduction):
 
 def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
                   label_smoothing=0.0, axis=-1, z_loss=0.0, softcap=None, logit_scale=1.0,
-                  base=None, return_z_loss=False, num_threads=None):
+                  base=None, return_z_loss=False, focal_gamma=0.0, num_threads=None):
     """Softmax cross-entropy of ``logits`` (classes along ``axis``) against ``target``.
 
     Same semantics as ``torch.nn.functional.cross_entropy``.  Hard labels (an integer ``target``
@@ -312,10 +330,11 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
     logits`` when ``softcap`` is None); ``z_loss`` adds ``z_loss * logsumexp(z)^2`` to every row
     that is not ignored; ``base`` divides everything by ``ln(base)``.  ``return_z_loss=True``
     returns ``(loss, z_term)``, the z-loss part reduced like the loss.  float16 / bfloat16 logits
-    are computed in float32.
+    are computed in float32.  ``focal_gamma`` multiplies each hard-label row's loss by
+    ``(1 - p_y)^focal_gamma`` (focal loss; no label smoothing, no soft targets).
     """
     r = _xent_rows(logits, target, weight, ignore_index, reduction, label_smoothing, axis,
-                   z_loss, softcap, logit_scale, base)
+                   z_loss, softcap, logit_scale, base, focal_gamma)
     loss = _finish(r.loss, r, reduction)
     return (loss, _finish(r.zrow, r, reduction)) if return_z_loss else loss
 
@@ -323,13 +342,16 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
 def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
                             label_smoothing=0.0, axis=-1, z_loss=0.0, softcap=None,
                             logit_scale=1.0, base=None, return_z_loss=False, grad_output=1.0,
-                            out=None, inplace=False, grad_dtype=None, num_threads=None):
+                            out=None, inplace=False, grad_dtype=None, focal_gamma=0.0,
+                            num_threads=None):
     """Return ``(loss, grad)`` (``(loss, z_term, grad)`` with ``return_z_loss=True``): the loss of
     :func:`cross_entropy` and d(loss)/d(logits) * grad_output, in the logits' shape.
 
     Gradient with respect to the transformed logits ``z`` of row i (zero for ignored rows)::
 
         hard: s * [(1 - eps) * w[y_i] * (p_i - onehot(y_i)) + (eps / C) * (sum(w) * p_i - w)]
+        focal: s * F_i * w[y_i] * (p_i - onehot(y_i)),
+               F_i = (1 - p_y)^gamma - gamma * (1 - p_y)^(gamma - 1) * p_y * log(p_y)
         soft: s * [sum(w * q_i) * p_i - w * q_i]
         z-loss adds s * 2 * z_loss * logsumexp(z_i) * p_i
 
@@ -340,7 +362,7 @@ def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, r
     gradient's dtype (None: the logits' dtype; float32 is allowed for 16-bit logits).
     """
     r = _xent_rows(logits, target, weight, ignore_index, reduction, label_smoothing, axis,
-                   z_loss, softcap, logit_scale, base)
+                   z_loss, softcap, logit_scale, base, focal_gamma)
     n, c = r.z.shape
     dt = r.dt
     gdt = r.x.dtype if grad_dtype is None else np.dtype(grad_dtype)
@@ -380,6 +402,8 @@ def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, r
             onehot = np.zeros((n, c), dtype=dt)
             onehot[np.arange(n), r.y] = 1
             grad = (1 - eps) * r.w_y[:, None] * (p - onehot) + (eps / c) * (np.sum(w) * p - w)
+            if r.focal_grad is not None:
+                grad = r.focal_grad[:, None] * grad
         if r.zl != 0.0:
             grad = grad + 2 * r.zl * r.lse[:, None] * p
         grad = scale[:, None] * grad
@@ -401,6 +425,48 @@ def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, r
         out[...] = grad
         return result + (out,)
     return result + (grad,)
+
+
+def nll_loss(log_probs, target, *, weight=None, ignore_index=-100, reduction="mean", axis=-1,
+             base=None, num_threads=None):
+    """Negative log-likelihood, as ``torch.nn.functional.nll_loss``: ``-w[y_i] * log_probs[i, y_i]``
+    per row (classes along ``axis``), 0 for rows whose label is ``ignore_index``; "mean" divides
+    the sum by the total weight of the rows that are not ignored."""
+    return nll_loss_with_grad(log_probs, target, weight=weight, ignore_index=ignore_index,
+                              reduction=reduction, axis=axis, base=base)[0]
+
+
+def nll_loss_with_grad(log_probs, target, *, weight=None, ignore_index=-100, reduction="mean",
+                       axis=-1, base=None, grad_output=1.0, out=None, inplace=False,
+                       num_threads=None):
+    """``(loss, grad)``: the loss of :func:`nll_loss` and its gradient, ``-w[y_i] * s`` at each
+    row's label and 0 elsewhere (``s``: grad_output, / the denominator of "mean")."""
+    x = _logits_array(log_probs)
+    if x.ndim < 2:
+        raise ValueError(f"log_probs: expected at least 2 dimensions (N, C, ...), got shape {x.shape}")
+    axis = axis % x.ndim
+    c = x.shape[axis]
+    row_shape = x.shape[:axis] + x.shape[axis + 1:]
+    _check_reduction(reduction)
+    dt = _compute_dtype(x.dtype)
+    w = np.ones(c, dtype=dt) if weight is None else np.asarray(weight, dtype=dt)
+    y, valid = _check_target(target, row_shape, c, ignore_index)
+    lp = _rows(x, axis, c).astype(dt)
+    n = lp.shape[0]
+    rows = np.arange(n)
+    w_y = np.where(valid, w[y], 0).astype(dt)
+    with np.errstate(all="ignore"):
+        loss = np.where(valid, -w[y] * lp[rows, y], 0).astype(dt)
+        scale = np.broadcast_to(np.asarray(grad_output, dtype=np.float64).reshape(-1), (n,))
+        if reduction == "mean":
+            total_weight = np.sum(w_y, dtype=dt)
+            scale = scale / total_weight if total_weight != 0 else np.full(n, np.nan)
+        grad = np.zeros((n, c), dtype=dt)
+        grad[rows, y] = np.where(valid, -w[y] * scale, 0)
+        log_base = 1.0 if base is None else float(np.log(base))
+        grad = (grad / log_base).astype(dt)
+    r = SimpleNamespace(w_y=w_y, dt=dt, log_base=log_base, row_shape=row_shape)
+    return _finish(loss, r, reduction), _unrows(grad, x.shape, axis).astype(x.dtype)
 
 
 # --------------------------------------------------------------------------------------------
