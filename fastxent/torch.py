@@ -42,8 +42,8 @@ from . import _torch_math as _tm
 from . import _validation as _check
 from ._linear import linear_cross_entropy as _linear_cross_entropy_np
 
-__all__ = ["CrossEntropyLoss", "as_numpy", "cross_entropy", "fallback_reason",
-           "linear_cross_entropy"]
+__all__ = ["CrossEntropyLoss", "NLLLoss", "as_numpy", "cross_entropy", "fallback_reason",
+           "linear_cross_entropy", "nll_loss"]
 
 try:                                   # bfloat16 as a NumPy dtype, for zero-copy bf16 tensors
     import ml_dtypes as _ml_dtypes
@@ -103,10 +103,13 @@ def _reduction_of(size_average, reduce, reduction):
     return reduction
 
 
-def fallback_reason(input, target, weight=None):
-    """Why ``cross_entropy`` would hand these tensors to torch, or None when fastxent runs."""
+def fallback_reason(input, target, weight=None, *, loss="cross_entropy"):
+    """Why ``cross_entropy`` (``loss="nll_loss"``: ``nll_loss``) would hand these tensors to
+    torch, or None when fastxent runs."""
     if not isinstance(input, torch.Tensor) or not isinstance(target, torch.Tensor):
         return "input and target must be tensors"
+    if loss == "nll_loss" and target.is_floating_point():
+        return "nll_loss takes class indices, not probabilities (torch's error)"
     for t, name in ((input, "input"), (target, "target"), (weight, "weight")):
         if t is not None and t.device.type != "cpu":
             return f"{name} is on {t.device}, fastxent runs on the CPU"
@@ -128,25 +131,30 @@ def fallback_reason(input, target, weight=None):
 
 # ------------------------------------------------------------------ the computation
 def _forward(input, target, weight, ignore_index, reduction, label_smoothing, need_grad,
-             num_threads):
-    """(loss, grad or None) for CPU tensors: d(loss)/d(input) at unit grad_output."""
+             num_threads, log_probs=False):
+    """(loss, grad or None) for CPU tensors: d(loss)/d(input) at unit grad_output; the loss is
+    the cross-entropy of logits, or with ``log_probs`` the nll_loss of log-probabilities."""
     x = _np_view(input)
     t = _np_view(target)
     w = None if weight is None else _np_view(weight)
-    kw = dict(weight=w, ignore_index=ignore_index, reduction=reduction,
-              label_smoothing=label_smoothing, axis=1,
+    kw = dict(weight=w, ignore_index=ignore_index, reduction=reduction, axis=1,
               num_threads=num_threads if num_threads else None)
+    if log_probs:
+        loss_fn, loss_with_grad = _fx.nll_loss, _fx.nll_loss_with_grad
+    else:
+        loss_fn, loss_with_grad = _fx.cross_entropy, _fx.cross_entropy_with_grad
+        kw["label_smoothing"] = label_smoothing
     grad = None
     if need_grad:
         # A new tensor from torch's allocator, written by the kernel through a NumPy view.
         kernel_writes_input_dtype = input.dtype != torch.bfloat16 or _BF16 is not None
         grad = torch.empty(input.shape, dtype=input.dtype if kernel_writes_input_dtype
                            else torch.float32)
-        loss, _ = _fx.cross_entropy_with_grad(x, t, out=_np_view(grad), **kw)
+        loss, _ = loss_with_grad(x, t, out=_np_view(grad), **kw)
         if grad.dtype != input.dtype:
             grad = grad.to(input.dtype)
     else:
-        loss = _fx.cross_entropy(x, t, **kw)
+        loss = loss_fn(x, t, **kw)
     if isinstance(loss, np.ndarray):
         loss_t = torch.from_numpy(loss)
     else:
@@ -181,7 +189,16 @@ def _has_tangent(t):
     return t is not None and _fwAD.unpack_dual(t).tangent is not None
 
 
-def _xent_input_grad(ctx, grad_loss, shortcut=False):
+def _row_grad(ctx, input, target, weight):
+    """(g, denom, valid) of the saved forward in torch operations (see fastxent._torch_math),
+    computed in float32 for 16-bit input."""
+    x = input.to(_tm.compute_dtype(input.dtype))
+    if ctx.log_probs:
+        return _tm.nll_row_grad(x, target, weight, ctx.ignore_index)
+    return _tm.xent_row_grad(x, target, weight, ctx.ignore_index, ctx.label_smoothing)
+
+
+def _input_grad(ctx, grad_loss, shortcut=False):
     """d(loss)/d(input) * grad_loss for the saved forward: the fused kernel's saved gradient,
     or, when autograd records the backward itself (create_graph=True, torch.func, forward-mode
     AD over the backward) or no gradient was saved, the same formula in torch operations."""
@@ -189,71 +206,66 @@ def _xent_input_grad(ctx, grad_loss, shortcut=False):
     if ctx.fused and not (torch.is_grad_enabled() or _has_tangent(input)
                           or _has_tangent(grad_loss)):
         return _scale(grad, grad_loss, ctx.reduction, shortcut)
-    x = input.to(_tm.compute_dtype(input.dtype))
-    g, denom, valid = _tm.xent_row_grad(x, target, weight, ctx.ignore_index, ctx.label_smoothing)
+    g, denom, valid = _row_grad(ctx, input, target, weight)
     return _tm.scale_rows(g, grad_loss, ctx.reduction, denom, valid).to(input.dtype)
 
 
-def _save_xent_context(ctx, inputs, output):
-    input, target, weight, ignore_index, reduction, label_smoothing, compute_grad = inputs[:7]
+def _save_context(ctx, inputs, output):
+    (input, target, weight, ignore_index, reduction, label_smoothing, compute_grad, _threads,
+     log_probs) = inputs
     ctx.ignore_index, ctx.reduction, ctx.label_smoothing = ignore_index, reduction, label_smoothing
-    ctx.fused = compute_grad
+    ctx.fused, ctx.log_probs = compute_grad, log_probs
     ctx.mark_non_differentiable(output[1])
     ctx.save_for_backward(input, target, weight, output[1])
     ctx.save_for_forward(input, target, weight, output[1])
 
 
-class _CrossEntropyFunction(torch.autograd.Function):
-    """Autograd for the eager path.  forward = the fused loss+gradient kernel (returns the loss
-    and d(loss)/d(input) at unit grad_output, or an empty tensor when ``compute_grad`` is
-    False); backward = scale the saved gradient (see ``_xent_input_grad``); jvp = the tangent in
-    torch operations; vmap = the kernel once per batch element."""
+class _LossFunction(torch.autograd.Function):
+    """Autograd for the eager path of cross_entropy and nll_loss.  forward = the fused
+    loss+gradient kernel (returns the loss and d(loss)/d(input) at unit grad_output, or an
+    empty tensor when ``compute_grad`` is False); backward = scale the saved gradient (see
+    ``_input_grad``); jvp = the tangent in torch operations; vmap = the kernel once per batch
+    element, the results stacked."""
 
     @staticmethod
     def forward(input, target, weight, ignore_index, reduction, label_smoothing, compute_grad,
-                num_threads):
+                num_threads, log_probs):
         loss, grad = _forward(input, target, weight, ignore_index, reduction, label_smoothing,
-                              compute_grad, num_threads)
+                              compute_grad, num_threads, log_probs)
         return loss, (grad if grad is not None else input.new_empty((0,)))
 
-    setup_context = staticmethod(_save_xent_context)
+    setup_context = staticmethod(_save_context)
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_grad):
-        return (_xent_input_grad(ctx, grad_loss, shortcut=True),) + (None,) * 7
+        return (_input_grad(ctx, grad_loss, shortcut=True),) + (None,) * 8
 
     @staticmethod
     def jvp(ctx, input_t, target_t, weight_t, *_):
-        # tangents of target and weight never get here: cross_entropy hands those to torch
+        # tangents of target and weight never get here: the callers hand those to torch
         input, target, weight, _grad = ctx.saved_tensors
-        x = input.to(_tm.compute_dtype(input.dtype))
-        g, denom, _valid = _tm.xent_row_grad(x, target, weight, ctx.ignore_index,
-                                             ctx.label_smoothing)
-        rows = (g * input_t.to(x.dtype)).sum(1)
+        g, denom, _valid = _row_grad(ctx, input, target, weight)
+        rows = (g * input_t.to(g.dtype)).sum(1)
         return _tm.reduce_rows(rows, ctx.reduction, denom).to(input.dtype), None
 
     @staticmethod
     def vmap(info, in_dims, *args):
-        return _vmap_loop(_CrossEntropyFunction, info, in_dims, args)
-
-
-def _vmap_loop(fn, info, in_dims, args):
-    """vmap rule of a fused Function: one call per batch element, outputs stacked on dim 0."""
-    def element(b):
-        return fn.apply(*(a if d is None else a.select(d, b) for a, d in zip(args, in_dims)))
-    outs = [element(b) for b in range(info.batch_size)]
-    return tuple(torch.stack(o) for o in zip(*outs)), (0,) * len(outs[0])
+        def element(b):
+            return _LossFunction.apply(*(a if d is None else a.select(d, b)
+                                         for a, d in zip(args, in_dims)))
+        outs = [element(b) for b in range(info.batch_size)]
+        return tuple(torch.stack(o) for o in zip(*outs)), (0, 0)
 
 
 # The same computation as a custom op, for torch.compile (dynamo cannot trace into NumPy).
 @torch.library.custom_op("fastxent::cross_entropy", mutates_args=(), device_types="cpu")
-def _cross_entropy_op(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
-                      ignore_index: int, reduction: str, label_smoothing: float,
-                      compute_grad: bool, num_threads: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _loss_op(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
+             ignore_index: int, reduction: str, label_smoothing: float, compute_grad: bool,
+             num_threads: int, log_probs: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, d(loss)/d(input) at unit grad_output); the gradient is an empty tensor when
-    compute_grad is False."""
-    return _CrossEntropyFunction.forward(input, target, weight, ignore_index, reduction,
-                                         label_smoothing, compute_grad, num_threads)
+    compute_grad is False.  ``log_probs``: the input is log-probabilities (nll_loss)."""
+    return _LossFunction.forward(input, target, weight, ignore_index, reduction,
+                                 label_smoothing, compute_grad, num_threads, log_probs)
 
 
 def _loss_shape(input, target):
@@ -262,9 +274,9 @@ def _loss_shape(input, target):
     return input.shape[:1] + input.shape[2:]
 
 
-@_cross_entropy_op.register_fake
+@_loss_op.register_fake
 def _(input, target, weight, ignore_index, reduction, label_smoothing, compute_grad,
-      num_threads):
+      num_threads, log_probs):
     shape = _loss_shape(input, target) if reduction == "none" else ()
     loss = input.new_empty(shape)
     grad = input.new_empty(input.shape) if compute_grad else input.new_empty((0,))
@@ -272,10 +284,10 @@ def _(input, target, weight, ignore_index, reduction, label_smoothing, compute_g
 
 
 def _op_backward(ctx, grad_loss, _grad_grad):
-    return (_xent_input_grad(ctx, grad_loss),) + (None,) * 7
+    return (_input_grad(ctx, grad_loss),) + (None,) * 8
 
 
-_cross_entropy_op.register_autograd(_op_backward, setup_context=_save_xent_context)
+_loss_op.register_autograd(_op_backward, setup_context=_save_context)
 
 
 def _needs_autograd(input):
@@ -299,22 +311,28 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     if fallback_reason(input, target, weight) is not None:
         return F.cross_entropy(input, target, weight=weight, ignore_index=ignore_index,
                                reduction=reduction, label_smoothing=label_smoothing)
+    return _loss(input, target, weight, ignore_index, reduction, float(label_smoothing),
+                 num_threads, False)
+
+
+def _loss(input, target, weight, ignore_index, reduction, label_smoothing, num_threads,
+          log_probs):
+    """cross_entropy / nll_loss of tensors fastxent computes: the custom op when traced by
+    torch.compile, the autograd Function when autograd needs the loss, else the plain kernel."""
     unbatched = input.dim() == 1
     if unbatched:                                   # (C,) with a () label or (C,) probabilities
         input, target = input.unsqueeze(0), target.unsqueeze(0)
     nt = 0 if num_threads is None else _check.num_threads(num_threads)   # 0: the default
+    args = (input, target, weight, ignore_index, reduction, label_smoothing)
     if torch.compiler.is_compiling():
         need_grad = torch.is_grad_enabled() and input.requires_grad
-        loss = _cross_entropy_op(input, target, weight, ignore_index, reduction,
-                                 float(label_smoothing), need_grad, nt)[0]
+        loss = _loss_op(*args, need_grad, nt, log_probs)[0]
     elif _needs_autograd(input):
         # the fused gradient only serves a plain backward; torch.func always records its own
         fused = input.requires_grad and not torch._C._are_functorch_transforms_active()
-        loss = _CrossEntropyFunction.apply(input, target, weight, ignore_index, reduction,
-                                           float(label_smoothing), fused, nt)[0]
+        loss = _LossFunction.apply(*args, fused, nt, log_probs)[0]
     else:
-        loss = _forward(input, target, weight, ignore_index, reduction, float(label_smoothing),
-                        False, nt)[0]
+        loss = _forward(*args, False, nt, log_probs)[0]
     if unbatched and reduction == "none":
         loss = loss.squeeze(0)
     return loss
@@ -334,6 +352,38 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
         return cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
                              reduction=self.reduction, label_smoothing=self.label_smoothing,
                              num_threads=self.num_threads)
+
+
+def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
+             reduction="mean", *, num_threads=None):
+    """``torch.nn.functional.nll_loss`` computed by fastxent's kernels: ``-w[y] * input[y]`` per
+    row of log-probabilities (usually the output of ``log_softmax``).
+
+    Same arguments and results as torch's: input (N, C), (C,) or (N, C, d1, ...); target class
+    indices (any integer dtype); weight (C,); ignore_index; reduction "mean" (divided by the
+    sum of w[y] over the rows that are not ignored) | "sum" | "none"; the deprecated
+    size_average/reduce; ``num_threads`` and the fallbacks to torch as ``cross_entropy``.
+    """
+    reduction = _reduction_of(size_average, reduce, reduction)
+    if fallback_reason(input, target, weight, loss="nll_loss") is not None:
+        return F.nll_loss(input, target, weight=weight, ignore_index=ignore_index,
+                          reduction=reduction)
+    return _loss(input, target, weight, ignore_index, reduction, 0.0, num_threads, True)
+
+
+class NLLLoss(torch.nn.NLLLoss):
+    """``torch.nn.NLLLoss`` (same constructor, attributes and state dict) computed by
+    ``fastxent.torch.nll_loss``; ``num_threads`` is an optional extra keyword."""
+
+    def __init__(self, weight=None, size_average=None, ignore_index=-100, reduce=None,
+                 reduction="mean", *, num_threads=None):
+        super().__init__(weight=weight, size_average=size_average, ignore_index=ignore_index,
+                         reduce=reduce, reduction=reduction)
+        self.num_threads = num_threads
+
+    def forward(self, input, target):
+        return nll_loss(input, target, weight=self.weight, ignore_index=self.ignore_index,
+                        reduction=self.reduction, num_threads=self.num_threads)
 
 
 # ------------------------------------------------------------------ fused linear cross-entropy
