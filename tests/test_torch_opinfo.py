@@ -8,9 +8,9 @@
   input (these include class weights in [-9, 9]).
 
 Samples the drop-in hands to torch instead of computing (``fastxent.torch.fallback_reason``):
-soft targets that require grad (torch differentiates the target too).  They are checked as
-they come (torch's answer) and once more with the target detached, so fastxent's kernel runs
-on every sample.
+soft targets of cross_entropy that require grad (torch differentiates the target too).  They
+are checked as they come (torch's answer) and once more with the target detached, so
+fastxent's kernel runs on every sample.  Every nll_loss sample runs on fastxent's kernel.
 """
 import pytest
 
@@ -121,14 +121,29 @@ def test_cross_entropy_opinfo_samples(dtype):
     assert 0 < n_fallback < len(samples)
 
 
-def test_cross_entropy_opinfo_samples_gradgradcheck():
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_nll_loss_opinfo_samples(dtype):
+    op = OPS["nn.functional.nll_loss"]
+    samples = list(op.sample_inputs("cpu", dtype, requires_grad=True))
+    assert len(samples) >= 50
+    for s in samples:
+        assert ft.fallback_reason(s.input, s.args[0], s.kwargs.get("weight"),
+                                  loss="nll_loss") is None
+        _check_sample(ft.nll_loss, op.op, s.input, s.args[0], s.args[1:], s.kwargs,
+                      s.kwargs.get("weight"), _describe(s))
+
+
+@pytest.mark.parametrize("name,fn", [("nn.functional.cross_entropy", ft.cross_entropy),
+                                     ("nn.functional.nll_loss", ft.nll_loss)],
+                         ids=["cross_entropy", "nll_loss"])
+def test_opinfo_samples_gradgradcheck(name, fn):
     """torch's test_ops runs gradcheck and gradgradcheck on every float64 sample: so do we."""
-    op = OPS["nn.functional.cross_entropy"]
+    op = OPS[name]
     for s in op.sample_inputs("cpu", F64, requires_grad=True):
         target = s.args[0].detach()
 
         def f(x):
-            return ft.cross_entropy(x, target, *s.args[1:], **s.kwargs)
+            return fn(x, target, *s.args[1:], **s.kwargs)
 
         x = s.input.detach().clone().requires_grad_()
         assert torch.autograd.gradcheck(f, (x,), check_forward_ad=True, fast_mode=True)
@@ -178,3 +193,20 @@ def test_cross_entropy_loss_module_inputs(dtype):
             _close(ours(x, t), mi.reference_fn(theirs, x, t),
                    torch.bfloat16 if dtype == torch.float16 else dtype, f"{desc} vs reference_fn")
     assert negative_weights > 0                     # torch's inputs exercise weights < 0
+
+
+@pytest.mark.parametrize("dtype", [F64, torch.float32], ids=str)
+def test_nll_loss_module_inputs(dtype):
+    inputs = _module_inputs(torch.nn.NLLLoss, dtype)
+    assert len(inputs) >= 20
+    for mi in inputs:
+        ci, fi = mi.constructor_input, mi.forward_input
+        ours = ft.NLLLoss(*ci.args, **ci.kwargs)
+        theirs = torch.nn.NLLLoss(*ci.args, **ci.kwargs)
+        x, t = fi.args
+        desc = f"{mi.desc}: input {tuple(x.shape)}, target {tuple(t.shape)} {t.dtype}"
+        _check_sample(lambda a, b: ours(a, b), _functional(theirs), x, t, (), {},
+                      ci.kwargs.get("weight"), desc)
+        _close(ours(x, t), theirs(x, t), dtype, f"{desc} vs torch's module")
+        with torch.no_grad():
+            _close(ours(x, t), mi.reference_fn(theirs, x, t), dtype, f"{desc} vs reference_fn")
