@@ -64,7 +64,7 @@ def target_weights(x, target, weight, ignore_index, label_smoothing):
 
 
 def xent_row_grad(x, target, weight, ignore_index, label_smoothing, z_loss=0.0):
-    """(g, denom, valid): g = d(loss of each row)/dx of the softmax cross-entropy, differentiable."""
+    """(g, denom, valid): g = d(loss of each row)/dx of the softmax cross-entropy."""
     qw, denom, valid = target_weights(x, target, weight, ignore_index, label_smoothing)
     p = torch.softmax(x, 1)
     g = p * qw.sum(1, keepdim=True) - qw

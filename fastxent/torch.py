@@ -1,8 +1,10 @@
-"""PyTorch drop-in: ``fastxent.torch.cross_entropy`` and ``fastxent.torch.CrossEntropyLoss``.
+"""PyTorch drop-in: ``cross_entropy``, ``nll_loss``, ``CrossEntropyLoss``, ``NLLLoss`` and
+``linear_cross_entropy`` for CPU tensors, computed by fastxent's fused kernels.
 
 Optional integration (``pip install fastxent[torch]``): this module imports torch; ``import
-fastxent`` never does.  Layering: this module only converts tensors and calls the public
-NumPy API (``fastxent.cross_entropy``, ``cross_entropy_with_grad``, ``linear_cross_entropy``).
+fastxent`` never does.  Layering: this module converts tensors and calls the public NumPy API
+(``fastxent.cross_entropy[_with_grad]``, ``nll_loss[_with_grad]``, ``linear_cross_entropy``);
+``fastxent._torch_math`` holds the same gradients as differentiable torch operations.
 
 How it works
 ------------
@@ -15,17 +17,23 @@ How it works
   the fused loss+gradient kernel once and saves d(loss)/d(input) (unit ``grad_output``, written
   into a new tensor); the backward only scales it by ``grad_output`` (for reduction="none",
   row by row; when ``grad_output`` is exactly 1, the saved tensor is returned as is).  So the
-  forward costs one pass over the logits and the backward at most one more, and the memory
-  held between them is one logits-sized tensor (as torch's own saved log-softmax).
+  forward costs one pass over the logits and the backward at most one more.  The input is
+  saved too (a reference), for the case below.
+* When autograd records the backward itself (``create_graph=True``, ``torch.func``, forward-mode
+  AD over the backward), the backward computes the same gradient with torch operations
+  (``fastxent._torch_math``) from the saved input, so second derivatives are exact.  Forward-mode
+  AD has a ``jvp`` (torch operations); ``torch.func.vmap`` runs the kernel once per batch element.
 * Without gradients (``torch.no_grad()``, inference tensors, or an input that does not require
   grad) only the loss kernel runs: no gradient is computed or allocated.
 * ``torch.compile``: the computation is the custom op ``torch.ops.fastxent.cross_entropy``
-  (``torch.library.custom_op`` with a fake implementation and a registered autograd formula),
-  so a compiled training step traces through it without a graph break.
-* Falls back to ``torch.nn.functional.cross_entropy`` (same result, torch's speed) for
-  tensors not on the CPU (CUDA, MPS, meta, ...), for a ``target`` or ``weight`` that requires
-  grad (torch differentiates soft targets; it rejects a weight requiring grad), and for
-  dtypes fastxent has no kernel for.  ``fastxent.torch.fallback_reason(...)`` says which.
+  (``torch.library.custom_op`` with a fake implementation and a registered autograd formula;
+  ``log_probs=True`` for nll_loss), so a compiled training step traces through it without a
+  graph break.
+* Falls back to ``torch.nn.functional.cross_entropy`` / ``nll_loss`` (same result, torch's
+  speed) for tensors not on the CPU (CUDA, MPS, meta, ...), for a ``target`` or ``weight`` that
+  requires grad or carries a forward-mode tangent (torch differentiates soft targets; it
+  rejects a weight requiring grad), for C = 0, and for dtypes fastxent has no kernel for.
+  ``fastxent.torch.fallback_reason(...)`` says which.
 * Class-index targets may have any integer dtype (torch itself wants int64 or uint8).
 * ``num_threads=`` (keyword, an extension of torch's signature) sets fastxent's OpenMP
   threads for the call; by default they follow OMP_NUM_THREADS / threadpoolctl, not
@@ -125,7 +133,8 @@ def fallback_reason(input, target, weight=None, *, loss="cross_entropy"):
         if weight is not None and weight.requires_grad:
             return "weight requires grad"
     if _has_tangent(target) or _has_tangent(weight):
-        return "target or weight has a forward-mode tangent (fastxent differentiates the input only)"
+        return ("target or weight has a forward-mode tangent (fastxent differentiates the "
+                "input only)")
     return None
 
 
@@ -171,7 +180,8 @@ def _scale(grad, grad_output, reduction, shortcut):
     is exactly 1, as in ``loss.backward()`` (autograd copies it if needed)."""
     if reduction == "none":
         return grad * grad_output.unsqueeze(1)          # (N, d1, ...) -> (N, 1, d1, ...)
-    if shortcut and grad_output.numel() == 1 and _is_plain(grad_output) and grad_output.item() == 1.0:
+    if (shortcut and grad_output.numel() == 1 and _is_plain(grad_output)
+            and grad_output.item() == 1.0):
         return grad
     return grad * grad_output
 
