@@ -353,3 +353,20 @@ def test_no_silent_numpy_on_wrapped_tensors():
     _close(got[0], exp[0])
     _close(got[1], exp[1])
     assert np.isfinite(got[1].item())
+
+
+def test_documented_deviations():
+    """The deviations listed in the README's "Differences from PyTorch" are what happens."""
+    x, t = _inputs((5, 4), "index", seed=17)
+    # the input is saved for second derivatives: modifying it in place after the forward is
+    # autograd's error in the backward (torch's cross_entropy saves its log-softmax instead)
+    y = x.clone().requires_grad_() * 1.0
+    loss = ft.cross_entropy(y, t)
+    y.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+    # a mean whose target weights sum to exactly 0: NaN (torch: +-inf)
+    w = torch.tensor([1.0, -1.0, 0.0, 0.0], dtype=F64)
+    t0 = torch.tensor([0, 1, 0, 1])
+    assert torch.isnan(ft.cross_entropy(x[:4], t0, weight=w))
+    assert torch.isinf(F.cross_entropy(x[:4], t0, weight=w))
