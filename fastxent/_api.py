@@ -162,10 +162,13 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
         zterm = z_rows.reshape(row_shape) if return_z_loss else None
     else:
         if reduction == "mean":
-            # as torch: 0/0 when no non-ignored row has weight (also with label smoothing,
-            # whose torch mean is nan then since its nll part is 0/0)
-            total = total / wsum if wsum != 0.0 else math.nan
-            ztotal = ztotal / wsum if wsum != 0.0 else math.nan
+            # as torch: sum / sum of the weights, IEEE (x/0 = +-inf, 0/0 = nan: no row left, or
+            # weights that cancel); with label smoothing torch divides its nll part (0 there)
+            # separately, so the mean is nan whenever the weights sum to 0
+            if wsum == 0.0 and (eps != 0.0 or soft):
+                total = ztotal = math.nan
+            else:
+                total, ztotal = check.div(total, wsum), check.div(ztotal, wsum)
         loss = kdt.type(total * lscale)
         zterm = kdt.type(ztotal * lscale)
     if with_grad:

@@ -294,10 +294,8 @@ def _reduce(loss, w_y, reduction, dt):
         if reduction == "sum":
             return dt.type(total)
         total_weight = np.sum(w_y, dtype=dt)
-        if total_weight == 0:
-            # All rows ignored, N = 0, or every target has weight 0: nan, as torch (which divides
-            # the nll and the smoothing terms separately, and the nll term is then 0/0).
-            return dt.type(np.nan)
+        # as torch: total / total weight with IEEE division (nan when nothing is left; +-inf when
+        # negative and positive weights cancel to exactly 0)
         return dt.type(total / total_weight)
 
 

@@ -50,3 +50,16 @@ def test_scratch_allocation_failure_is_memory_error(func):
     x = as_strided(np.zeros(1, np.float32), shape=(2, 2**40), strides=(0, 0))
     with pytest.raises(MemoryError):
         func(x)
+
+
+def test_mean_with_cancelling_weights_divides_as_torch():
+    # negative and positive class weights summing to exactly 0: torch's mean is sum / 0 = +-inf
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(0).standard_normal((4, 3))
+    t = np.array([0, 1, 0, 1])
+    w = np.array([1.0, -1.0, 5.0])
+    exp = torch.nn.functional.cross_entropy(torch.tensor(x), torch.tensor(t), weight=torch.tensor(w))
+    got = fastxent.cross_entropy(x, t, weight=w)
+    assert np.isinf(got) and got == exp.item()
+    loss, _ = fastxent.cross_entropy_with_grad(x, t, weight=w)
+    assert loss == exp.item()
