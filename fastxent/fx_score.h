@@ -117,6 +117,65 @@ static inline void FX_S(score_row)(const fx_score_args *A, const T *x, ptrdiff_t
     A->rank[i] = FX_S(score_rank)(x, C, y);
 }
 
+/* Short rows (logits, C <= FX_SHORT_C, contiguous): the statistics vectorised across rows, as
+ * xent_short; rank and the sum of squared probabilities from the same L1-resident rows. */
+static inline ptrdiff_t FX_S(score_short)(const fx_score_args *A, ptrdiff_t lo, ptrdiff_t hi)
+{
+    ptrdiff_t C = A->C, rs = A->x.s0 / (ptrdiff_t)sizeof(T), bad = -1;
+    ptrdiff_t yi[FX_SHORT_R];
+    char valid[FX_SHORT_R];
+    T m[FX_SHORT_R], ls[FX_SHORT_R], is[FX_SHORT_R], xy[FX_SHORT_R];
+    double s2[FX_SHORT_R];
+    int64_t rank[FX_SHORT_R];
+    fx_xent_opts o = {NULL, (double)C, C, 0.0, 0.0, 0.0, 0, FX_INPUT_LOGITS};
+    for (ptrdiff_t r0 = lo; r0 < hi; r0 += FX_SHORT_R) {
+        ptrdiff_t R = hi - r0 < FX_SHORT_R ? hi - r0 : FX_SHORT_R, r;
+        for (r = 0; r < R; r++) {
+            ptrdiff_t y = (ptrdiff_t)*(const int64_t *)(A->t + (r0 + r) * A->ts);
+            int ok = y >= 0 && y < C && y != A->ignore_index;
+            if (!ok && y != A->ignore_index && bad < 0) bad = r0 + r;
+            valid[r] = (char)ok;
+            yi[r] = ok ? y : 0;
+            s2[r] = 0.0;
+            rank[r] = 0;
+        }
+        const T *xb = (const T *)(A->x.base + r0 * A->x.s0);
+        FX_S(short_stats)(xb, rs, R, C, yi, m, ls, is, xy);
+        for (ptrdiff_t c = 0; c < C; c++) {
+            FX_SIMD
+            for (r = 0; r < R; r++) {
+                T v = xb[r * rs + c];
+                T e = FX_EXP(v - m[r]);
+                s2[r] += (double)e * (double)e;
+                rank[r] += (v > xy[r]) | ((v == xy[r]) & (c < yi[r]));
+            }
+        }
+        for (r = 0; r < R; r++) {
+            ptrdiff_t i = r0 + r;
+            if (!valid[r]) {
+                fx_score_skip(A, i);
+                continue;
+            }
+            fx_xent_stat st;
+            st.m = (double)m[r]; st.ls = (double)ls[r]; st.inv_s = (double)is[r];
+            st.xy = (double)xy[r]; st.wy = 1.0; st.gap = 0.0; st.sp = 0.0; st.spg = 0.0;
+            st.fu = 1.0; st.fF = 1.0;
+            double loss = fx_xent_row(&o, &st, 0.0).loss;
+            A->loss[i] = loss;
+            if (ls[r] != ls[r]) {           /* NaN / +inf / all -inf row */
+                A->conf[i] = NAN;
+                A->brier[i] = NAN;
+                A->rank[i] = xy[r] != xy[r] ? C : rank[r];
+                continue;
+            }
+            A->conf[i] = st.inv_s;
+            A->brier[i] = (s2[r] * st.inv_s * st.inv_s - 2.0 * exp(-loss)) + 1.0;
+            A->rank[i] = xy[r] != xy[r] ? C : rank[r];
+        }
+    }
+    return bad;
+}
+
 /* Rows lo..hi.  Returns the first row whose label is out of [0, C) and not ignore_index, or
  * -1; -2 when a scratch allocation failed. */
 static inline ptrdiff_t FX_S(score_rows)(const fx_score_args *A, ptrdiff_t lo, ptrdiff_t hi)
@@ -124,6 +183,8 @@ static inline ptrdiff_t FX_S(score_rows)(const fx_score_args *A, ptrdiff_t lo, p
     ptrdiff_t C = A->C, bad = -1;
     int logits = A->kind == FX_SCORE_LOGITS, strided = A->x.cs != (ptrdiff_t)sizeof(T);
     T *e = NULL, *bm = NULL, *buf = NULL;
+    if (logits && C <= FX_SHORT_C && !strided && A->x.D == 1)
+        return FX_S(score_short)(A, lo, hi);
     if (logits) {
         e = (T *)malloc((size_t)C * sizeof(T));
         bm = (T *)malloc((size_t)((C + FX_BLOCK - 1) / FX_BLOCK) * sizeof(T));
