@@ -203,6 +203,10 @@ def _cmd_score(args):
         else:
             summary = score.score_files(args.logits, args.labels, **options)
     except score.ScoreError as exc:
+        if getattr(exc, "needed", None):
+            raise CliError(f"--memory-limit: {format_bytes(limit)} is too small: the process holds "
+                           f"{format_bytes(held)} and scoring needs {format_bytes(exc.needed)} "
+                           "more") from None
         raise CliError(_flag_message(exc)) from None
     finally:
         for sig, handler in old.items():

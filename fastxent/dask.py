@@ -288,7 +288,7 @@ def _run(inputs, x, y, w, opts, offsets, out, per_class, client, timeout, paths)
     offs = _score.sequences(inputs, opts, offsets)
     _score.check_outputs(out, per_class, paths)
     ctx = _score.context(inputs, opts, per_class is not None)
-    cdtype = np.dtype(np.float64 if inputs.logits.dtype == np.float64 else np.float32)
+    cdtype = engine.compute_dtype(inputs.logits.dtype)
     N = inputs.rows
     if ctx.kind == "auto":
         first = x[:x.chunks[0][0]].compute() if N else None

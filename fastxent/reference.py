@@ -674,13 +674,11 @@ def score_rows(x, labels, kind="logits", ignore_index=-100, eps=None):
                 raise ValueError(f"kind: expected 'logits', 'log-probs' or 'probs', got {kind!r}")
             conf[i] = np.max(p)
             brier[i] = np.sum((p - (np.arange(c) == k)) ** 2)
-            rank[i] = sum(_ranks_before(row[j], j, row[k], k) for j in range(c) if j != k)
+            # the classes before the label: NaN first, then larger values, ties by class index
+            isnan, earlier = np.isnan(row), np.arange(c) < k
+            if isnan[k]:
+                before = isnan & earlier
+            else:
+                before = isnan | (row > row[k]) | ((row == row[k]) & earlier)
+            rank[i] = np.count_nonzero(before)
     return loss, rank, conf, brier, -1
-
-
-def _ranks_before(v, j, vk, k):
-    """Whether class j (value v) comes before class k (value vk): NaN first, then larger values,
-    ties (and NaN with NaN) by class index."""
-    if np.isnan(v) or np.isnan(vk):
-        return bool(np.isnan(v) and (not np.isnan(vk) or j < k))
-    return bool(v > vk or (v == vk and j < k))

@@ -72,8 +72,8 @@ def open_array(path, what, key=None, default_key=None):
     members = _wrap(what, fmt.members, path)
     if members == [None]:
         if key is not None:
-            raise ScoreError(f"{what}: {path} holds a single array; a key ({key!r}) applies to "
-                             "files of several arrays")
+            raise ScoreError(f"{what}_key: {path} holds a single array; a key ({key!r}) "
+                             "applies to files of several arrays")
         return _wrap(what, fmt, path)
     if key is None:
         if default_key in members:
@@ -93,6 +93,9 @@ def _open_both(path, logits_key, labels_key):
     if members == [None]:
         raise ScoreError("labels: missing (needed unless logits is a file holding both arrays, "
                          "or a directory of logits_*/labels_* shards)")
+    for key, what in ((logits_key, "logits_key"), (labels_key, "labels_key")):
+        if key is not None and key not in members:
+            raise ScoreError(f"{what}: {path} has no array {key!r} (it holds {members})")
     lk, yk = logits_key or "logits", labels_key or "labels"
     if lk in members and yk in members:
         pair = _wrap("logits", fmt, path, lk), _wrap("labels", fmt, path, yk)

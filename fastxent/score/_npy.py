@@ -170,7 +170,7 @@ class NpyReader(Reader):
             pass
 
     def _pread(self, buf, offset):
-        view = memoryview(buf).cast("B")
+        view = memoryview(buf.reshape(-1).view(np.uint8))     # buf: a contiguous array
         fd, done = self._file(), 0
         while done < len(view):
             n = os.preadv(fd, [view[done:]], offset + done)

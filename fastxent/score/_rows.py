@@ -22,8 +22,8 @@ KINDS = ("logits", "log-probs", "probs")
 
 # Rows are processed in sub-blocks of about this many elements (each thread's temporaries stay
 # in its cache); the temporaries of one sub-block take at most _TEMPS times its element count.
-SUB_ELEMS = 1 << 15
-_TEMPS = 24                 # bytes per element: a float64 square, two boolean masks, slack
+SUB_ELEMS = 1 << 17
+_TEMPS = 12                 # bytes per element: a float64 square and two boolean masks
 
 
 def working_bytes(n_classes, n_threads):
@@ -118,10 +118,14 @@ def _sub_block(x, labels, a, b, kind, ignore_index, eps, outs):
             miss = 1.0 - xy64
             sq = xs * xs
         sq[r, y] = 0
-        brier = miss * miss + sq.sum(axis=1, dtype=np.float64)
+        # pairwise sums along the rows (NumPy's add.reduce): accurate in the row's own precision
+        brier = miss * miss + sq.sum(axis=1).astype(np.float64)
         ranks = np.count_nonzero(xs > xy[:, None], axis=1)
-        lower = np.arange(xs.shape[1]) < y[:, None]
-        ranks += np.count_nonzero((xs == xy[:, None]) & lower, axis=1)
+        ties = np.count_nonzero(xs == xy[:, None], axis=1) > 1
+        if ties.any():                          # equal values before the label count too
+            t = np.flatnonzero(ties)
+            lower = np.arange(xs.shape[1]) < y[t, None]
+            ranks[t] += np.count_nonzero((xs[t] == xy[t, None]) & lower, axis=1)
     odd = np.isnan(brier) | np.isnan(xy64)      # a NaN somewhere in the row: rank it as argmax does
     if odd.any():
         ranks[odd] = _nan_ranks(xs[odd], y[odd], xy[odd])

@@ -25,7 +25,7 @@ from ._rows import row_scores, working_bytes
 from .summary import Totals
 
 __all__ = ["Context", "Run", "score_chunk", "detect_kind", "run_local", "plan_rows",
-           "CHUNK_BYTES"]
+           "compute_dtype", "CHUNK_BYTES"]
 
 CHUNK_BYTES = 8 << 20          # scores per chunk when memory allows (two buffers stay in cache)
 SLACK = 4 << 20                # interpreter objects, thread stacks, small temporaries
@@ -33,6 +33,11 @@ _ROW_EXTRA = 160               # bytes per row: labels, weights, row statistics,
 
 
 # ============================================================================ input kinds
+def compute_dtype(dtype):
+    """float64 scores (any byte order) are scored in float64, every other float in float32."""
+    return np.dtype(np.float64 if dtype.kind == "f" and dtype.itemsize == 8 else np.float32)
+
+
 def _probability_rows(x, binary):
     """Per row: True when its values are in [0, 1] (and, for classes, sum to 1 within 1e-3);
     rows with NaN or inf are None-like (masked out through the second array)."""
@@ -116,7 +121,7 @@ def score_chunk(x, labels, weights, row0, ctx, offsets=None):
         if bad.any():
             r = int(np.argmax(bad))
             raise ScoreError(f"weights: sample weights must be finite and >= 0, got "
-                             f"{weights[r]!r} at row {_where(row0 + r, ctx, False)}")
+                             f"{float(weights[r])} at {_where(row0 + r, ctx, False)}")
     scores = _two_classes(x, ctx.kind, np.empty((n, 2), x.dtype)) if ctx.binary else x
     loss, rank, conf, brier, bad = row_scores(scores, labels, ctx.kind, ctx.ignore_index,
                                               ctx.eps, ctx.n_threads)
@@ -185,8 +190,7 @@ class Run:
         self.edges = {}            # sequence -> [(row0, partial sum)] of sequences cut by chunks
         self.writer = None
         if self.out is not None and not self.per_seq_out:
-            dt = np.float64 if inputs.logits.dtype == np.float64 else np.float32
-            self.writer = NpyWriter(self.out, inputs.row_shape, dt)
+            self.writer = NpyWriter(self.out, inputs.row_shape, compute_dtype(inputs.logits.dtype))
 
     def add(self, row0, part, losses=None, seq=None):
         self.totals.merge(part)
@@ -247,9 +251,10 @@ def plan_rows(inputs, opts, cdtype, fixed):
         per_row += 2 * cdtype.itemsize
     budget = opts.memory_limit - fixed - SLACK
     if budget < per_row:
-        need = fixed + SLACK + per_row
-        raise ScoreError(f"memory_limit: {format_bytes(opts.memory_limit)} is too small for rows "
-                         f"of {w:,} values (needs at least {format_bytes(need)})")
+        err = ScoreError(f"memory_limit: {format_bytes(opts.memory_limit)} is too small for rows "
+                         f"of {w:,} values (needs at least {format_bytes(fixed + SLACK + per_row)})")
+        err.needed = fixed + SLACK + per_row
+        raise err
     target = opts.chunk_rows or max(1, CHUNK_BYTES // max(1, w * cdtype.itemsize))
     rows = max(1, min(target, budget // per_row, max(inputs.rows, 1)))
     sr = src.storage_rows
@@ -317,7 +322,7 @@ def run_local(inputs, opts, ctx, offsets=None, out=None, per_class=None, entry_r
     """Score ``inputs`` on this machine (``ctx``: a :class:`Context`, its kind possibly "auto");
     returns the :class:`ScoreSummary`.  ``entry_rss``: the resident memory when the call began
     (what the run grew since counts against ``opts.memory_limit``)."""
-    cdtype = np.dtype(np.float64 if inputs.logits.dtype == np.float64 else np.float32)
+    cdtype = compute_dtype(inputs.logits.dtype)
     growth = max(0, resident_bytes() - entry_rss) if entry_rss else 0
     K = plan_rows(inputs, opts, cdtype, growth + _fixed_bytes(inputs, opts, offsets, per_class))
     bufs = [_Buffers(K, inputs.width, cdtype, inputs.weights is not None) for _ in range(2)]
