@@ -180,8 +180,10 @@ def _cmd_score(args):
         limit = parse_bytes(args.memory_limit)
     except ValueError as exc:
         raise CliError(f"--memory-limit: {exc}") from None
-    held = resident_bytes()
-    if limit - held < (1 << 20):
+    # As the program itself (the usual case) the limit bounds the whole process; called in-process
+    # through main(argv), it bounds what the call adds to the caller's process.
+    held = resident_bytes() if args.standalone else 0
+    if held and limit - held < (1 << 20):
         raise CliError(f"--memory-limit: {format_bytes(limit)} leaves nothing for scoring: the "
                        f"process already holds {format_bytes(held)}")
     options = dict(
@@ -290,7 +292,7 @@ def _add_score(sub):
                    help="threads over the rows of a chunk (default: OMP_NUM_THREADS or all cores)")
     g.add_argument("--memory-limit", metavar="SIZE", default="300MB",
                    help="peak resident memory of the command, --out included (default 300MB; "
-                        "units B, KB, MB, GB, KiB, MiB, GiB)")
+                        "units B, KB, MB, GB, KiB, MiB, GiB; a bare number is MB)")
     g.add_argument("--dask", metavar="ADDRESS",
                    help="run on a dask.distributed cluster (scheduler address, e.g. "
                         "tcp://scheduler:8786); the workers must see the same paths")
@@ -325,6 +327,7 @@ def main(argv=None):
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
+        args.standalone = argv is None
         if args.command is None:
             parser.print_help(sys.stderr)
             return 2

@@ -270,6 +270,18 @@ def _gather_distributed(client, tasks, add, timeout):
         raise
 
 
+def _compute(tasks, client, timeout, add):
+    """Compute delayed ``tasks``, passing each result to ``add`` (in any order)."""
+    if client is not None:
+        _gather_distributed(client, list(tasks), add, timeout)
+        return
+    dask, _ = _dask()
+    step = 4 * (os.cpu_count() or 1)
+    for i in range(0, len(tasks), step):
+        for r in dask.compute(*tasks[i:i + step], scheduler="threads"):
+            add(r)
+
+
 def _result(fut):
     try:
         return fut.result()
@@ -290,10 +302,13 @@ def _run(inputs, x, y, w, opts, offsets, out, per_class, client, timeout, paths)
     ctx = _score.context(inputs, opts, per_class is not None)
     cdtype = engine.compute_dtype(inputs.logits.dtype)
     N = inputs.rows
-    if ctx.kind == "auto":
-        first = x[:x.chunks[0][0]].compute() if N else None
-        ctx.kind = "logits" if first is None else engine.detect_kind(
-            np.asarray(first, cdtype).reshape(first.shape[0], -1), inputs.binary)
+    client = _active_client(client)
+    if ctx.kind == "auto":          # from the first block, then checked in every block
+        first = []
+        if N:
+            _compute(x.to_delayed().ravel()[:1], client, timeout, first.append)
+        ctx.kind = "logits" if not first else engine.detect_kind(
+            np.asarray(first[0], cdtype).reshape(first[0].shape[0], -1), inputs.binary)
         ctx.detected, ctx.first_rows = ctx.kind == "probs", x.chunks[0][0] if N else 0
     if ctx.eps is None:
         ctx.eps = float(np.finfo(cdtype).eps)
@@ -323,14 +338,7 @@ def _run(inputs, x, y, w, opts, offsets, out, per_class, client, timeout, paths)
         bar.update(part.rows)
 
     try:
-        client = _active_client(client)
-        if client is not None:
-            _gather_distributed(client, tasks, add, timeout)
-        else:
-            step = 4 * (os.cpu_count() or 1)
-            for i in range(0, len(tasks), step):
-                for r in dask.compute(*tasks[i:i + step]):
-                    add(r)
+        _compute(tasks, client, timeout, add)
         return run.finish(time.perf_counter() - t0)
     except BaseException:
         run.abort()

@@ -162,12 +162,16 @@ def open_inputs(logits, labels=None, *, logits_key=None, labels_key=None, weight
     else:
         pairs = [(open_array(logits, "logits", logits_key, "logits"),
                   open_array(labels, "labels", labels_key, "labels"))]
-    w = None
-    if weights is not None:
-        w = weights if isinstance(weights, Reader) else (
-            open_array(weights, "weights", weights_key, "weights")
-            if isinstance(weights, (str, os.PathLike)) else ArrayReader(weights, "weights"))
-    return validate(pairs, w, binary)
+    return validate(pairs, _weights(weights, weights_key), binary)
+
+
+def _weights(weights, key=None):
+    """The reader of sample weights given as a path, a reader or an array (or None)."""
+    if weights is None or isinstance(weights, Reader):
+        return weights
+    if isinstance(weights, (str, os.PathLike)):
+        return open_array(weights, "weights", key, "weights")
+    return ArrayReader(weights, "weights")
 
 
 def inputs_from_arrays(logits, labels, *, weights=None, binary=False):
@@ -175,8 +179,8 @@ def inputs_from_arrays(logits, labels, *, weights=None, binary=False):
     def reader(a, what):
         return a if isinstance(a, Reader) else ArrayReader(a, what)
 
-    w = None if weights is None else reader(weights, "weights")
-    return validate([(reader(logits, "logits"), reader(labels, "labels"))], w, binary)
+    return validate([(reader(logits, "logits"), reader(labels, "labels"))], _weights(weights),
+                    binary)
 
 
 def validate(pairs, weights=None, binary=False):
