@@ -34,7 +34,6 @@ import numpy as np
 
 from . import score as _score
 from .score import ExactSum, ScoreError, check_labels, engine
-from .score.readers import Reader
 
 __all__ = ["cross_entropy", "score_summary", "score_files", "from_npy", "from_npy_shards",
            "BLOCK_BYTES"]
@@ -329,22 +328,7 @@ def _run(inputs, x, y, w, opts, offsets, out, per_class, client, timeout, paths)
         e = None if ends is None else ends[np.searchsorted(ends, r0):np.searchsorted(ends, r0 + n)]
         tasks.append(block(xb, yb, wbk, r0, ctx, cdtype, part, e))
     run = engine.Run(inputs, opts, ctx, offs, out, per_class)
-    bar = engine.progress_bar(N, opts.progress)
-    t0 = time.perf_counter()
-
-    def add(result):
-        row0, part, losses, seq = result
-        run.add(row0, part, losses, seq)
-        bar.update(part.rows)
-
-    try:
-        _compute(tasks, client, timeout, add)
-        return run.finish(time.perf_counter() - t0)
-    except BaseException:
-        run.abort()
-        raise
-    finally:
-        bar.close()
+    return run.execute(lambda add: _compute(tasks, client, timeout, lambda r: add(*r)))
 
 
 def _options(chunk_rows, kw):
@@ -403,13 +387,16 @@ def score_files(logits, labels=None, *, address=None, client=None, chunk_rows=No
     def go(c):
         return _run(inputs, x, y, w, opts, offsets, out, per_class, c, float(timeout), paths)
 
-    if address is None:
-        return go(client)
-    from distributed import Client
-
     try:
-        client = Client(os.fspath(address), timeout="10s", set_as_default=False)
-    except (OSError, ValueError, TypeError) as exc:
-        raise ScoreError(f"address: cannot connect to {address}: {exc}") from None
-    with client:
-        return go(client)
+        if address is None:
+            return go(client)
+        from distributed import Client
+
+        try:
+            client = Client(os.fspath(address), timeout="10s", set_as_default=False)
+        except (OSError, ValueError, TypeError) as exc:
+            raise ScoreError(f"address: cannot connect to {address}: {exc}") from None
+        with client:
+            return go(client)
+    finally:
+        inputs.close()

@@ -32,6 +32,7 @@ from .summary import JSON_KEYS, ScoreSummary, Totals
 
 __all__ = [
     "DEFAULT_MEMORY_LIMIT", "ExactSum", "ExactSums", "Inputs", "JSON_KEYS", "NpyArray",
+    "NpyReader", "NpzReader",
     "Options", "Reader", "ScoreError", "ScoreSummary", "Totals", "check_labels", "context",
     "load_offsets", "open_inputs", "options", "score_arrays", "score_files", "sequences",
     "validate_inputs", "check_outputs", "inputs_from_arrays",

@@ -7,6 +7,7 @@ outlives a chunk.
 """
 import math
 import os
+import threading
 
 import numpy as np
 
@@ -222,7 +223,7 @@ class ParquetReader(_TableReader):
     order continue the open batch stream."""
 
     format_name = "Parquet"
-    _transient = ("_stream",)
+    _transient = ("_local",)
     BATCH_ROWS = 8192
 
     @staticmethod
@@ -238,7 +239,7 @@ class ParquetReader(_TableReader):
         meta = pf.metadata
         self.num_rows = meta.num_rows
         self._group_rows = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
-        self._stream = None
+        self._local = None
 
         def first_row():
             batch = next(pf.iter_batches(batch_size=1, columns=[self.key]), None)
@@ -251,16 +252,22 @@ class ParquetReader(_TableReader):
         self.overhead = 2 * max(sizes)
         self.storage_rows = max(self._group_rows or [1])
 
+    def close(self):
+        self._local = None
+
     def _batches(self, r0, r1):
-        """(first row, column array) of the batches covering rows [r0, r1)."""
-        s = self._stream
+        """(first row, column array) of the batches covering rows [r0, r1); each thread keeps
+        its own open batch stream (Dask's threads may read one reader at once)."""
+        if self._local is None:
+            self._local = threading.local()
+        s = getattr(self._local, "stream", None)
         if s is None or s[0] > r0:
             starts = np.cumsum([0] + self._group_rows)
             g = int(np.searchsorted(starts, r0, side="right")) - 1
             pf = _parquet(self.path, self.label)
             it = pf.iter_batches(batch_size=self.BATCH_ROWS, columns=[self.key],
                                  row_groups=range(g, len(self._group_rows)))
-            s = self._stream = [int(starts[g]), None, it]
+            s = self._local.stream = [int(starts[g]), None, it]
         while s[0] < r1:
             if s[1] is None:
                 try:

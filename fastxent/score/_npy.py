@@ -10,6 +10,7 @@ import ast
 import math
 import os
 import struct
+import threading
 import zipfile
 
 import numpy as np
@@ -22,6 +23,7 @@ __all__ = ["NpyReader", "NpzReader", "read_header", "bfloat16"]
 MAGIC = b"\x93NUMPY"
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 MAX_HEADER = 1 << 20
+_OPEN_LOCK = threading.Lock()
 _KEYS = {"descr", "fortran_order", "shape"}
 
 
@@ -151,17 +153,19 @@ class NpyReader(Reader):
         self.staging = self.fortran or not (self.dtype.isnative or self.dtype.byteorder == "|")
 
     def _file(self):
-        if self._fd is None:
-            try:
-                self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-            except OSError as exc:
-                raise _open_error(self.label, exc) from None
-        return self._fd
+        with _OPEN_LOCK:       # threads may share a reader (Dask's threaded scheduler)
+            if self._fd is None:
+                try:
+                    self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+                except OSError as exc:
+                    raise _open_error(self.label, exc) from None
+            return self._fd
 
     def close(self):
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        with _OPEN_LOCK:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
     def __del__(self):
         try:

@@ -208,6 +208,25 @@ class Run:
             self.writer.abort()
             self.writer = None
 
+    def execute(self, work):
+        """``work(add)`` scores the chunks, calling ``add(row0, totals, losses, sequences)`` for
+        each (any order); then the summary.  Any error or interruption removes the outputs."""
+        bar = progress_bar(self.inputs.rows, self.opts.progress)
+        t0 = time.perf_counter()
+
+        def add(row0, part, losses=None, seq=None):
+            self.add(row0, part, losses, seq)
+            bar.update(part.rows)
+
+        try:
+            work(add)
+            return self.finish(time.perf_counter() - t0)
+        except BaseException:
+            self.abort()
+            raise
+        finally:
+            bar.close()
+
     def finish(self, seconds, **fields):
         t = self.totals
         summary = t.summary(classes=self.inputs.classes, dtype=str(self.inputs.logits.dtype),
@@ -322,49 +341,45 @@ def run_local(inputs, opts, ctx, offsets=None, out=None, per_class=None, entry_r
     """Score ``inputs`` on this machine (``ctx``: a :class:`Context`, its kind possibly "auto");
     returns the :class:`ScoreSummary`.  ``entry_rss``: the resident memory when the call began
     (what the run grew since counts against ``opts.memory_limit``)."""
-    cdtype = compute_dtype(inputs.logits.dtype)
-    growth = max(0, resident_bytes() - entry_rss) if entry_rss else 0
-    K = plan_rows(inputs, opts, cdtype, growth + _fixed_bytes(inputs, opts, offsets, per_class))
-    bufs = [_Buffers(K, inputs.width, cdtype, inputs.weights is not None) for _ in range(2)]
-    ends = None if offsets is None else sequence_ends(offsets)
-    N = inputs.rows
-    spans = [(a, min(N, a + K)) for a in range(0, N, K)]
-    chunk = None
-    if ctx.kind == "auto":
-        chunk = _read_chunk(inputs, ctx, ends, *spans[0], bufs[0]) if spans else None
-        ctx.kind = "logits" if chunk is None else detect_kind(chunk[0], inputs.binary)
-        ctx.detected, ctx.first_rows = ctx.kind == "probs", spans[0][1] if spans else 0
-    if ctx.eps is None:
-        ctx.eps = float(np.finfo(cdtype).eps)
-    ctx.keep_losses = out is not None
-    run = Run(inputs, opts, ctx, offsets, out, per_class)
-    bar = progress_bar(N, opts.progress)
-    t0 = time.perf_counter()
     try:
-        with ThreadPoolExecutor(1, thread_name_prefix="fastxent-read") as pool:
-            pending = None
-            for k, (a, b) in enumerate(spans):
-                if chunk is None:
-                    chunk = (pending.result() if pending is not None
-                             else _read_chunk(inputs, ctx, ends, a, b, bufs[k % 2]))
+        cdtype = compute_dtype(inputs.logits.dtype)
+        growth = max(0, resident_bytes() - entry_rss) if entry_rss else 0
+        K = plan_rows(inputs, opts, cdtype, growth + _fixed_bytes(inputs, opts, offsets, per_class))
+        bufs = [_Buffers(K, inputs.width, cdtype, inputs.weights is not None) for _ in range(2)]
+        ends = None if offsets is None else sequence_ends(offsets)
+        N = inputs.rows
+        spans = [(a, min(N, a + K)) for a in range(0, N, K)]
+        first = None
+        if ctx.kind == "auto":          # from the first chunk, then checked in every chunk
+            first = _read_chunk(inputs, ctx, ends, *spans[0], bufs[0]) if spans else None
+            ctx.kind = "logits" if first is None else detect_kind(first[0], inputs.binary)
+            ctx.detected, ctx.first_rows = ctx.kind == "probs", spans[0][1] if spans else 0
+        if ctx.eps is None:
+            ctx.eps = float(np.finfo(cdtype).eps)
+        ctx.keep_losses = out is not None
+
+        def work(add):
+            chunk = first
+            with ThreadPoolExecutor(1, thread_name_prefix="fastxent-read") as pool:
                 pending = None
-                if k + 1 < len(spans):      # the next read overlaps this chunk's scoring
-                    pending = pool.submit(_read_chunk, inputs, ctx, ends, *spans[k + 1],
-                                          bufs[(k + 1) % 2])
-                try:
-                    run.add(a, *score_chunk(*chunk, a, ctx, offsets))
-                except BaseException:
-                    if pending is not None:
-                        _wait_quietly(pending)
-                    raise
-                chunk = None
-                bar.update(b - a)
-        return run.finish(time.perf_counter() - t0)
-    except BaseException:
-        run.abort()
-        raise
+                for k, (a, b) in enumerate(spans):
+                    if chunk is None:
+                        chunk = (pending.result() if pending is not None
+                                 else _read_chunk(inputs, ctx, ends, a, b, bufs[k % 2]))
+                    pending = None
+                    if k + 1 < len(spans):      # the next read overlaps this chunk's scoring
+                        pending = pool.submit(_read_chunk, inputs, ctx, ends, *spans[k + 1],
+                                              bufs[(k + 1) % 2])
+                    try:
+                        add(a, *score_chunk(*chunk, a, ctx, offsets))
+                    except BaseException:
+                        if pending is not None:
+                            _wait_quietly(pending)
+                        raise
+                    chunk = None
+
+        return Run(inputs, opts, ctx, offsets, out, per_class).execute(work)
     finally:
-        bar.close()
         inputs.close()
 
 
