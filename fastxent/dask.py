@@ -90,7 +90,8 @@ def from_npy_shards(logits_paths, labels_paths, chunk_rows=None):
     given (validated like ``fastxent score``'s inputs)."""
     if len(logits_paths) != len(labels_paths):
         raise ScoreError(f"labels: {len(labels_paths)} files for {len(logits_paths)} logits files")
-    readers = [(_score.NpyReader(a), _score.NpyReader(b)) for a, b in zip(logits_paths, labels_paths)]
+    readers = [(_score.NpyReader(a), _score.NpyReader(b))
+               for a, b in zip(logits_paths, labels_paths)]
     inputs = _score.validate_inputs(readers)
     K = _block_rows(inputs.width, inputs.logits.dtype.itemsize, chunk_rows)
     return (_rows_array(inputs.logits, inputs.width, K), _rows_array(inputs.labels, 1, K))
@@ -200,8 +201,9 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
 # ============================================================================ scoring
 def _labels64(y, row0):
     y = np.asarray(y).reshape(-1)
-    if y.dtype.kind == "u" and y.dtype.itemsize == 8 and y.size and y.max() > np.iinfo(np.int64).max:
-        i = int(np.argmax(y > np.iinfo(np.int64).max))
+    big = np.iinfo(np.int64).max
+    if y.dtype.kind == "u" and y.dtype.itemsize == 8 and y.size and y.max() > big:
+        i = int(np.argmax(y > big))
         raise ScoreError(f"labels: label {y[i]} at row {row0 + i} is out of range")
     return y.astype(np.int64)
 

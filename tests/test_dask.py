@@ -308,8 +308,8 @@ def test_no_worker_left_stops_after_the_timeout(tmp_path, capsys):
     np.save(tmp_path / "x.npy", x)
     np.save(tmp_path / "y.npy", y)
     before = sorted(os.listdir(tmp_path))
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0",
-                      worker_dashboard_address=":0", silence_logs=50) as lonely:
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                      dashboard_address=":0", silence_logs=50) as lonely:   # any free port
         with Client(lonely) as c:
             c.retire_workers(list(c.scheduler_info()["workers"]), close_workers=True)
             assert not c.scheduler_info()["workers"]

@@ -160,7 +160,8 @@ def test_weights_are_sklearn_weighted_means(tmp_path):
     np.save(tmp_path / "x.npy", p)
     np.save(tmp_path / "y.npy", y)
     f = score.score_files(tmp_path / "x.npy", tmp_path / "y.npy", weights=tmp_path / "w.npy")
-    assert f.mean_nll == pytest.approx(log_loss(y, p, sample_weight=w.astype(np.float32)), rel=1e-12)
+    want = log_loss(y, p, sample_weight=w.astype(np.float32))
+    assert f.mean_nll == pytest.approx(want, rel=1e-12)
 
 
 def test_integer_weights_equal_repeated_rows():

@@ -134,9 +134,11 @@ def sequences(inputs, opts, offsets):
 
 def context(inputs, opts, per_class=False):
     """The :class:`~fastxent.score.engine.Context` of a run (its kind may still be "auto")."""
+    row_bytes = sum(r.dtype.itemsize * (inputs.width if r is inputs.logits else 1)
+                    for r in inputs.readers)
     return Context(kind=opts.input, binary=opts.binary, ignore_index=opts.ignore_index,
                    eps=opts.eps, n_threads=opts.num_threads, row_shape=inputs.row_shape,
-                   shift=opts.shift,
+                   shift=opts.shift, row_bytes=row_bytes,
                    totals=dict(top_k=opts.top_k, ece_bins=opts.ece_bins, binary=opts.binary,
                                weighted=inputs.weights is not None, n_classes=inputs.classes,
                                per_class=per_class))

@@ -146,7 +146,8 @@ def _zarr_open(path, label):
     try:
         return zarr.open(store=os.fspath(path), mode="r")
     except Exception as exc:  # noqa: BLE001 - corrupt metadata in any of zarr's forms
-        raise ScoreError(f"{label}: not a readable Zarr store ({type(exc).__name__}: {exc})") from None
+        raise ScoreError(f"{label}: not a readable Zarr store "
+                         f"({type(exc).__name__}: {exc})") from None
 
 
 # ============================================================================ Arrow columns
@@ -182,7 +183,8 @@ def _column_values(col, width, label, row0):
     if width != 1 or pa.types.is_fixed_size_list(col.type):
         col = col.flatten()
         if col.null_count:
-            raise ScoreError(f"{label}: a list of rows {row0}..{row0 + len(col) // width} holds nulls")
+            raise ScoreError(f"{label}: a list of rows {row0}..{row0 + len(col) // width} "
+                             "holds nulls")
     return col.to_numpy(zero_copy_only=False)
 
 
@@ -310,7 +312,8 @@ class ArrowReader(_TableReader):
 
     def __init__(self, path, key=None, *, label=None):
         with _arrow(path, label or path) as (_, reader):
-            self._batch_rows = [reader.get_batch(i).num_rows for i in range(reader.num_record_batches)]
+            self._batch_rows = [reader.get_batch(i).num_rows
+                                for i in range(reader.num_record_batches)]
             self.num_rows = sum(self._batch_rows)
             schema = reader.schema
 

@@ -191,8 +191,8 @@ def validate(pairs, weights=None, binary=False):
         if first is None:
             first = lg
         elif lg.shape[1:] != first.shape[1:] or lg.dtype != first.dtype:
-            raise ScoreError(f"{_named('logits', lg)}: shape {lg.shape} {lg.dtype} does not match the "
-                             f"first shard's (*, {', '.join(map(str, first.shape[1:]))}) "
+            raise ScoreError(f"{_named('logits', lg)}: shape {lg.shape} {lg.dtype} does not "
+                             f"match the first shard's (*, {', '.join(map(str, first.shape[1:]))}) "
                              f"{first.dtype}")
     if len(pairs) == 1:
         lg, lb = pairs[0]

@@ -62,7 +62,8 @@ def _base(base):
         try:
             base = float(base)
         except ValueError:
-            raise ScoreError(f"base: expected a number > 0 other than 1 (or 'e'), got {base!r}") from None
+            raise ScoreError(f"base: expected a number > 0 other than 1 (or 'e'), "
+                             f"got {base!r}") from None
     _value_error(check.log_base_scale, base)
     return float(base)
 

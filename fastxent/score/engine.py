@@ -104,6 +104,7 @@ class Context:
     detected: bool = False             # kind auto-detected as probs: every chunk is checked
     first_rows: int = 0
     keep_losses: bool = False
+    row_bytes: int = 0                 # stored bytes of a row's scores, label and weight
 
 
 def score_chunk(x, labels, weights, row0, ctx, offsets=None):
@@ -131,7 +132,7 @@ def score_chunk(x, labels, weights, row0, ctx, offsets=None):
                          f"is out of range [0, {C}) and is not the ignore index "
                          f"({ctx.ignore_index})")
     part = Totals(**ctx.totals).add(labels, loss, rank, conf, brier, weights,
-                                    nbytes=x.nbytes + labels.nbytes)
+                                    nbytes=n * ctx.row_bytes)
     seq = None if offsets is None else _sequence_sums(loss, row0, offsets)
     return part, (loss if ctx.keep_losses else None), seq
 
@@ -270,9 +271,10 @@ def plan_rows(inputs, opts, cdtype, fixed):
         per_row += 2 * cdtype.itemsize
     budget = opts.memory_limit - fixed - SLACK
     if budget < per_row:
+        need = fixed + SLACK + per_row
         err = ScoreError(f"memory_limit: {format_bytes(opts.memory_limit)} is too small for rows "
-                         f"of {w:,} values (needs at least {format_bytes(fixed + SLACK + per_row)})")
-        err.needed = fixed + SLACK + per_row
+                         f"of {w:,} values (needs at least {format_bytes(need)})")
+        err.needed = need
         raise err
     target = opts.chunk_rows or max(1, CHUNK_BYTES // max(1, w * cdtype.itemsize))
     rows = max(1, min(target, budget // per_row, max(inputs.rows, 1)))

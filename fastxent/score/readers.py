@@ -198,15 +198,18 @@ def _boxes(shape, start, stop):
 
 # ============================================================================ in memory
 class ArrayReader(Reader):
-    """An array already at hand (ndarray, np.memmap, anything with shape/dtype/slicing)."""
+    """An array already at hand: an ndarray or np.memmap, an array-like with a NumPy dtype that
+    slices lazily (Zarr, dask: read block by block), or anything ``np.asarray`` or DLPack takes
+    (torch tensors, lists)."""
 
     staging = False
 
     def __init__(self, array, label="array"):
         if isinstance(array, Reader):
             raise TypeError("ArrayReader wraps arrays; a Reader is used as it is")
-        if not (hasattr(array, "shape") and hasattr(array, "dtype")):
-            array = np.asarray(array)
+        if not (hasattr(array, "shape") and isinstance(getattr(array, "dtype", None), np.dtype)):
+            from .._validation import as_array
+            array = as_array(array)
         self.array, self.label = array, label
         self.shape, self.dtype = tuple(int(n) for n in array.shape), np.dtype(array.dtype)
 
