@@ -304,13 +304,15 @@ def _run(inputs, x, y, w, opts, offsets, out, per_class, client, timeout, paths)
     cdtype = engine.compute_dtype(inputs.logits.dtype)
     N = inputs.rows
     client = _active_client(client)
-    if ctx.kind == "auto":          # from the first block, then checked in every block
+    if ctx.kind == "auto":          # from the rows of a local first chunk, then every block
+        k = min(N, opts.chunk_rows or engine.CHUNK_BYTES // max(1, inputs.width * cdtype.itemsize))
         first = []
-        if N:
-            _compute(x.to_delayed().ravel()[:1], client, timeout, first.append)
+        if k:
+            _compute(x[:max(k, 1)].rechunk({0: -1}).to_delayed().ravel(), client, timeout,
+                     first.append)
         ctx.kind = "logits" if not first else engine.detect_kind(
             np.asarray(first[0], cdtype).reshape(first[0].shape[0], -1), inputs.binary)
-        ctx.detected, ctx.first_rows = ctx.kind == "probs", x.chunks[0][0] if N else 0
+        ctx.detected, ctx.first_rows = ctx.kind == "probs", k
     if ctx.eps is None:
         ctx.eps = float(np.finfo(cdtype).eps)
     ctx.keep_losses = out is not None
@@ -334,6 +336,9 @@ def _run(inputs, x, y, w, opts, offsets, out, per_class, client, timeout, paths)
 
 
 def _options(chunk_rows, kw):
+    """Validated options; without ``num_threads`` a block uses one thread (Dask runs blocks in
+    parallel: as many as the workers have threads)."""
+    kw.setdefault("num_threads", 1)
     return _score.options(chunk_rows=chunk_rows, **kw)
 
 

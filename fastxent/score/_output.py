@@ -13,7 +13,8 @@ import numpy as np
 
 from ._common import ScoreError
 
-__all__ = ["AtomicFile", "NpyWriter", "check_out_path", "check_not_input", "save_npy", "save_csv"]
+__all__ = ["AtomicFile", "NpyWriter", "check_out_path", "check_not_input", "npy_file", "csv_file",
+           "commit_all"]
 
 
 def check_out_path(path, what):
@@ -133,24 +134,40 @@ class NpyWriter(AtomicFile):
         super().commit()
 
 
-def save_npy(path, array):
-    """np.save(path, array), atomically (and without np.save's habit of appending .npy)."""
+def npy_file(path, array):
+    """An uncommitted NpyWriter holding ``array`` (``commit()`` puts it at ``path``)."""
     w = NpyWriter(path, array.shape, array.dtype)
     try:
         w.write(0, array)
     except BaseException:
         w.abort()
         raise
-    w.commit()
+    return w
 
 
-def save_csv(path, header, columns):
-    """A CSV of ``header`` and the rows of ``columns`` (equal-length sequences), atomically."""
+def csv_file(path, header, columns):
+    """An uncommitted AtomicFile holding a CSV of ``header`` and the rows of ``columns``."""
     lines = [",".join(header)]
     for row in zip(*columns):
         lines.append(",".join(_cell(v) for v in row))
-    with AtomicFile(path) as f:
+    f = AtomicFile(path)
+    try:
         f.write_all(("\n".join(lines) + "\n").encode())
+    except BaseException:
+        f.abort()
+        raise
+    return f
+
+
+def commit_all(files):
+    """Commit every file; on a failure, remove the ones not yet committed."""
+    for i, f in enumerate(files):
+        try:
+            f.commit()
+        except BaseException:
+            for g in files[i + 1:]:
+                g.abort()
+            raise
 
 
 def _cell(v):

@@ -20,7 +20,7 @@ import numpy as np
 
 from ._common import ScoreError, format_bytes, resident_bytes
 from ._exact import ExactSum
-from ._output import NpyWriter, save_csv, save_npy
+from ._output import NpyWriter, commit_all, csv_file, npy_file
 from ._rows import row_scores, working_bytes
 from .summary import Totals
 
@@ -230,7 +230,7 @@ class Run:
 
     def finish(self, seconds, **fields):
         t = self.totals
-        summary = t.summary(classes=self.inputs.classes, dtype=str(self.inputs.logits.dtype),
+        summary = t.summary(classes=self.inputs.classes, dtype=self.inputs.logits.dtype.name,
                             input=self.ctx.kind, binary=self.inputs.binary, base=self.opts.base,
                             seconds=seconds, **fields)
         if self.seq is not None:
@@ -239,24 +239,29 @@ class Run:
                 for _, v in sorted(parts, key=lambda p: p[0]):
                     total += v
                 self.seq[s] = total
-            S = self.seq.shape[0]
-            exact = ExactSum(self.seq) if t.weighted else t.nll
-            summary.sequences = S
-            summary.sequence_nll_sum = float(exact)
-        if self.per_class is not None:
-            count, mean, acc = t.per_class_table()
-            keep = np.flatnonzero(count > 0)
-            save_csv(self.per_class, ("class", "count", "mean_nll", "accuracy"),
-                     (keep.tolist(), count[keep], mean[keep], acc[keep]))
-            summary.per_class = os.fspath(self.per_class)
-        if self.out is not None:
-            if self.per_seq_out:
-                save_npy(self.out, self.seq * self.opts.scale)
-                summary.out_content = "per-sequence NLL"
-            else:
-                self.writer.commit()
-                self.writer = None
-            summary.out = self.out
+            summary.sequences = self.seq.shape[0]
+            summary.sequence_nll_sum = float(ExactSum(self.seq) if t.weighted else t.nll)
+        files = []                 # every output is written first, then all are renamed
+        try:
+            if self.per_class is not None:
+                count, mean, acc = t.per_class_table()
+                keep = np.flatnonzero(count > 0)
+                files.append(csv_file(self.per_class, ("class", "count", "mean_nll", "accuracy"),
+                                      (keep.tolist(), count[keep], mean[keep], acc[keep])))
+                summary.per_class = os.fspath(self.per_class)
+            if self.out is not None:
+                if self.per_seq_out:
+                    files.append(npy_file(self.out, self.seq * self.opts.scale))
+                    summary.out_content = "per-sequence NLL"
+                else:
+                    files.append(self.writer)
+                    self.writer = None
+                summary.out = self.out
+        except BaseException:
+            for f in files:
+                f.abort()
+            raise
+        commit_all(files)
         return summary
 
 
