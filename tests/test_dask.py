@@ -324,3 +324,21 @@ def test_no_worker_left_stops_after_the_timeout(tmp_path, capsys):
             assert rc == 2 and err.count("\n") == 1
             assert "--dask-timeout: no Dask worker left" in err
     assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_score_summary_detects_probabilities_like_local():
+    """Both read the kind from the rows of a first local chunk (8 MiB: 524 rows of 2000
+    float64) and then check every row."""
+    rng = np.random.default_rng(7)
+    p = rng.dirichlet(np.ones(2000), 900)
+    y = rng.integers(0, 2000, 900)
+    local = score.score_arrays(p, y, top_k=2)
+    remote = fxd.score_summary(da.from_array(p, chunks=(200, 2000)),
+                               da.from_array(y, chunks=300), top_k=2)
+    assert remote.input == local.input == "probs"
+    assert _summary_dict(remote) == _summary_dict(local)
+    p[850] *= 3
+    with pytest.raises(ScoreError, match="row 850 is not"):
+        score.score_arrays(p, y)
+    with pytest.raises(ScoreError, match="row 850 is not"):
+        fxd.score_summary(da.from_array(p, chunks=(200, 2000)), y)
