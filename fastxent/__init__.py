@@ -3,6 +3,7 @@
 Layers (one direction): ``_rowmath`` (row numerics, the only log-sum-exp) -> ``_xent``
 (Cython + OpenMP array kernels) -> ``_api`` (validation and dispatch) -> this package.
 ``fastxent.reference`` holds the same functions in plain NumPy: the ground truth.
+``fastxent.score`` (batch scoring of stored outputs) and ``fastxent.dask`` build on the API.
 """
 from ._api import (
     cross_entropy,
@@ -18,6 +19,7 @@ from ._version import __version__
 from ._linear import linear_cross_entropy
 from ._probs_api import *  # noqa: F401,F403
 from ._probs_api import __all__ as _probs_all
+from .score import score_arrays, score_files
 
 
 __all__ = [
@@ -30,6 +32,8 @@ __all__ = [
     "logsumexp",
     "nll_loss",
     "nll_loss_with_grad",
+    "score_arrays",
+    "score_files",
     "show_config",
     "softmax",
 ] + list(_probs_all)
