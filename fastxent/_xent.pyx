@@ -402,7 +402,9 @@ def score_rows(x, labels, int kind, Py_ssize_t ignore_index, double lo, loss_out
                 bads[b] = fx_score_rows_f64(&A, lo_r, min(lo_r + rows_per_block, N)) if f64 else \
                     fx_score_rows_f32(&A, lo_r, min(lo_r + rows_per_block, N))
         else:
-            for b in prange(nb, schedule="static", num_threads=n_threads):
+            # dynamic: a block's results do not depend on the thread that computes it, and the
+            # scoring engine reads the next chunk on another thread meanwhile
+            for b in prange(nb, schedule="dynamic", num_threads=n_threads):
                 lo_r = b * rows_per_block
                 bads[b] = fx_score_rows_f64(&A, lo_r, min(lo_r + rows_per_block, N)) if f64 else \
                     fx_score_rows_f32(&A, lo_r, min(lo_r + rows_per_block, N))
