@@ -4,13 +4,8 @@ Layers (one direction): ``_rowmath`` (row numerics, the only log-sum-exp) -> ``_
 (Cython + OpenMP array kernels) -> ``_api`` (validation and dispatch) -> this package.
 ``fastxent.reference`` holds the same functions in plain NumPy: the ground truth.
 """
-from ._api import (
-    cross_entropy,
-    cross_entropy_with_grad,
-    log_softmax,
-    logsumexp,
-    softmax,
-)
+from ._api import cross_entropy, cross_entropy_with_grad
+from ._lse_api import log_softmax, logsumexp, softmax
 from ._config import config, show_config
 from ._version import __version__
 from ._linear import linear_cross_entropy

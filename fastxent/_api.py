@@ -14,9 +14,6 @@ from . import _kernels
 from . import _validation as check
 
 __all__ = [
-    "logsumexp",
-    "log_softmax",
-    "softmax",
     "cross_entropy",
     "cross_entropy_with_grad",
 ]
@@ -209,54 +206,3 @@ def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, r
     return _cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing,
                           num_threads, axis, z_loss, softcap, logit_scale, base, return_z_loss,
                           True, grad_output, out, inplace, grad_dtype)
-
-
-# ------------------------------------------------------------------ log-sum-exp family
-def _rows_view(x, axis):
-    """x with ``axis`` moved last and flattened to (rows, C), plus the moved shape."""
-    a = check.float_array(x, "x")
-    if a.ndim == 0:
-        raise ValueError("x: expected an array with at least 1 dimension, got a scalar")
-    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
-        raise TypeError(f"axis: expected an int, got {type(axis).__name__}")
-    if not -a.ndim <= axis < a.ndim:
-        raise ValueError(f"axis: {axis} is out of bounds for an array of dimension {a.ndim}")
-    axis = int(axis) % a.ndim
-    if a.shape[axis] == 0:
-        raise ValueError(f"x: the class axis (axis {axis}) has length 0")
-    moved = a if axis == a.ndim - 1 else np.moveaxis(a, axis, -1)
-    C = moved.shape[-1]
-    rows = moved.reshape(-1, C) if moved.ndim != 2 else moved
-    return rows, moved.shape, axis
-
-
-def logsumexp(x, axis=-1, *, num_threads=None):
-    """log(sum(exp(x), axis)), computed stably (no overflow for any finite x).
-
-    Rows with a NaN or +inf, or with every element -inf, give NaN.
-    """
-    rows, shape, axis = _rows_view(x, axis)
-    n_threads = check.num_threads(num_threads)
-    out = np.empty(rows.shape[0], dtype=rows.dtype)
-    _kernels.xent.lse_family(rows, 0, out, None, check.rows_per_block(rows.shape[1]), n_threads)
-    out = out.reshape(shape[:-1])
-    return out[()] if out.ndim == 0 else out
-
-
-def _softmax_like(x, axis, num_threads, mode):
-    rows, shape, axis = _rows_view(x, axis)
-    n_threads = check.num_threads(num_threads)
-    out = np.empty(rows.shape, dtype=rows.dtype)
-    _kernels.xent.lse_family(rows, mode, None, out, check.rows_per_block(rows.shape[1]), n_threads)
-    out = out.reshape(shape)
-    return out if axis == out.ndim - 1 else np.moveaxis(out, -1, axis)
-
-
-def log_softmax(x, axis=-1, *, num_threads=None):
-    """x - logsumexp(x, axis), keeping dims; computed as (x - max) - log(sum(exp(x - max)))."""
-    return _softmax_like(x, axis, num_threads, 1)
-
-
-def softmax(x, axis=-1, *, num_threads=None):
-    """exp(x - logsumexp(x, axis)); masked (-inf) entries are exactly 0."""
-    return _softmax_like(x, axis, num_threads, 2)

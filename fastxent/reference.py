@@ -90,45 +90,102 @@ def _lse_parts(x, axis):
     return m, shifted, t
 
 
-def logsumexp(x, axis=-1, *, num_threads=None):
-    """log(sum(exp(x), axis)) without overflow; the axis is removed (numpy scalar for 1-D input)."""
-    x = _as_float_array(x, "x")
-    if x.ndim < 1:
+def _lse_input(x):
+    """float32/float64 input of the log-sum-exp family (float16 / bfloat16 become float32)."""
+    x = np.asarray(x)
+    if x.dtype == np.float16 or x.dtype.name == "bfloat16":
+        x = x.astype(np.float32)
+    return _as_float_array(x, "x")
+
+
+def _reduced_last(x, axis):
+    """``x`` with the reduced axes (an int, a tuple or None: all) moved last and flattened into
+    one axis, plus a function that undoes it for an array of the moved shape."""
+    if x.ndim == 0 and axis is not None and axis != ():
         raise ValueError("x: expected at least 1 dimension, got a 0-d array")
-    if x.shape[axis] == 0:
-        raise ValueError("x: the reduced axis has length 0")
+    axes = tuple(range(x.ndim)) if axis is None else axis if isinstance(axis, tuple) else (axis,)
+    axes = tuple(sorted(a % x.ndim for a in axes))
+    if len(set(axes)) != len(axes):
+        raise ValueError(f"axis: repeated axis in {axis!r}")
+    keep = [d for d in range(x.ndim) if d not in axes]
+    moved = np.transpose(x, keep + list(axes))
+    flat = moved.reshape(moved.shape[:len(keep)] + (int(np.prod([x.shape[a] for a in axes])),))
+
+    def undo(out):
+        return np.transpose(out.reshape(moved.shape), np.argsort(keep + list(axes)))
+
+    return flat, axes, undo
+
+
+def logsumexp(x, axis=-1, *, b=None, keepdims=False, return_sign=False, num_threads=None):
+    """log(|sum(b * exp(x))|) over ``axis`` (an int, a tuple, or None: all), without overflow;
+    the semantics of ``scipy.special.logsumexp``.
+
+    Per reduction: the largest element x_m is taken out of the sum, ``s = sum(b * exp(x - x_m))``
+    over the others divided by ``b_m`` (the scale of the maximal elements), so that
+    ``res = x_m + log|b_m| + log1p(s)`` keeps small results exact.  An element with ``b == 0``
+    is left out.  A sum over nothing, or a zero sum, is -inf (sign 0); NaN gives NaN (sign NaN),
+    +inf gives +inf.  Without ``return_sign`` a negative sum is NaN.
+    """
+    x = _lse_input(x)
+    if b is None:
+        b = np.ones((), dtype=x.dtype)
+    else:
+        b = np.asarray(b)
+        b = b.astype(np.float32) if b.dtype.name == "bfloat16" else b
+        dt = np.result_type(x.dtype, b.dtype) if b.dtype.kind == "f" else x.dtype
+        dt = np.float64 if dt == np.float64 else np.float32
+        x, b = (a.astype(dt) for a in np.broadcast_arrays(x, b))
+    x, b = np.broadcast_arrays(x, b)
+    xs, axes, _ = _reduced_last(x, axis)
+    bs, _, _ = _reduced_last(b, axis)
+    dt = x.dtype
     with np.errstate(all="ignore"):
-        m, _, t = _lse_parts(x, axis)
-        lse = np.where(np.isfinite(m), m + np.log1p(t), m)
-    return np.squeeze(lse, axis=axis)[()]
+        xs = np.where(bs == 0, -np.inf, xs)                       # b == 0: left out
+        m = np.max(xs, axis=-1, keepdims=True, initial=-np.inf)
+        shift = np.where(np.isfinite(m), m, 0)
+        at_max = xs == m
+        bm = np.sum(np.where(at_max, bs, 0), axis=-1, keepdims=True)   # the maximal terms' scale
+        rest = np.sum(np.where(at_max, 0, bs * np.exp(xs - shift)), axis=-1, keepdims=True)
+        s = np.where(rest == 0, 0, rest / bm)
+        sign = np.sign(1 + s) * np.sign(bm)
+        res = np.log1p(np.where(s < -1, -s - 2, s)) + np.log(np.abs(bm)) + m
+        # not finite (a NaN, an inf, or a zero sum): the direct sum decides
+        direct = np.sum(bs * np.exp(xs), axis=-1, keepdims=True)
+        bad = ~np.isfinite(res)
+        res = np.where(bad, np.log(np.abs(direct)), res)
+        sign = np.where(bad, np.sign(direct), sign)
+        if not return_sign:
+            res = np.where(sign < 0, np.nan, res)
+    res, sign = res[..., 0].astype(dt), sign[..., 0].astype(dt)
+    if keepdims:
+        shape = tuple(1 if d in axes else n for d, n in enumerate(x.shape))
+        res, sign = res.reshape(shape), sign.reshape(shape)
+    return (res[()], sign[()]) if return_sign else res[()]
+
+
+def _softmax_rows(x, axis, log):
+    x = _lse_input(x)
+    xs, _, undo = _reduced_last(x, axis)
+    if xs.size == 0:
+        return x.copy()
+    with np.errstate(all="ignore"):
+        m, shifted, t = _lse_parts(xs, -1)
+        out = shifted - np.log1p(t) if log else np.exp(shifted) / (1 + t)
+        out = np.where(np.isfinite(m), out, np.asarray(np.nan, dtype=x.dtype))
+    return undo(out.astype(x.dtype, copy=False))[()]
 
 
 def log_softmax(x, axis=-1, *, num_threads=None):
-    """x - logsumexp(x) along ``axis``; NaN for rows whose maximum is not finite."""
-    x = _as_float_array(x, "x")
-    if x.ndim < 1:
-        raise ValueError("x: expected at least 1 dimension, got a 0-d array")
-    if x.shape[axis] == 0:
-        return x.copy()
-    with np.errstate(all="ignore"):
-        m, shifted, t = _lse_parts(x, axis)
-        out = shifted - np.log1p(t)
-        out = np.where(np.isfinite(m), out, np.asarray(np.nan, dtype=x.dtype))
-    return out.astype(x.dtype, copy=False)
+    """x - logsumexp(x) along ``axis`` (an int, a tuple, or None: all); NaN for rows whose
+    maximum is not finite."""
+    return _softmax_rows(x, axis, True)
 
 
 def softmax(x, axis=-1, *, num_threads=None):
-    """exp(x - max) / sum(exp(x - max)) along ``axis``; NaN for rows whose maximum is not finite."""
-    x = _as_float_array(x, "x")
-    if x.ndim < 1:
-        raise ValueError("x: expected at least 1 dimension, got a 0-d array")
-    if x.shape[axis] == 0:
-        return x.copy()
-    with np.errstate(all="ignore"):
-        m, shifted, t = _lse_parts(x, axis)
-        out = np.exp(shifted) / (1 + t)
-        out = np.where(np.isfinite(m), out, np.asarray(np.nan, dtype=x.dtype))
-    return out.astype(x.dtype, copy=False)
+    """exp(x - max) / sum(exp(x - max)) along ``axis`` (an int, a tuple, or None: all); NaN for
+    rows whose maximum is not finite."""
+    return _softmax_rows(x, axis, False)
 
 
 # --------------------------------------------------------------------------------------------
