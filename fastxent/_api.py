@@ -5,8 +5,11 @@ problem), resolves dtype, memory layout and thread count, allocates outputs and 
 kernel of ``fastxent._xent``; reductions of the kernels' per-block partial sums happen here in
 a fixed order, so results do not depend on the number of threads.
 """
+from __future__ import annotations
+
 import math
 import numbers
+from typing import Any
 
 import numpy as np
 
@@ -42,7 +45,10 @@ def _grad_buffer(x, logits, out, inplace, gdt, others):
 def _grad_dtype(grad_dtype, dt):
     if grad_dtype is None:
         return dt
-    gdt = np.dtype(grad_dtype)
+    try:
+        gdt = np.dtype(grad_dtype)
+    except TypeError:
+        raise TypeError(f"grad_dtype: expected None or a NumPy dtype, got {grad_dtype!r}") from None
     if gdt == dt or (gdt == check.F32 and dt.itemsize == 2):
         return gdt
     raise ValueError(f"grad_dtype: must be None, the logits' dtype ({dt}) or float32 for 16-bit "
@@ -61,13 +67,48 @@ def _soft_targets(target, x, axis, C, kdt):
     return check.rows_of(p, axis, C, "target", False)
 
 
+def _no_classes(N, t, ignore_index, eps, zl, loss_rows, z_rows):
+    """The kernel's results for C = 0, as torch: every label is out of range unless ignored;
+    an ignored row's loss is 0, NaN with label smoothing (torch's 0 * eps / C, also in the sum
+    of no rows); a soft-target
+    row's loss is 0 plus the z-loss of an empty row (log 0 squared: inf), and the soft mean is
+    0 / 0 (NaN)."""
+    if t is not None:
+        bad = np.flatnonzero(t != ignore_index)
+        rows, z = np.full(N, math.nan if eps > 0.0 else 0.0), np.zeros(N)
+    else:
+        bad = ()
+        rows = z = np.full(N, math.inf if zl > 0.0 else 0.0)
+    if loss_rows is not None:
+        loss_rows[...] = rows
+    if z_rows is not None:
+        z_rows[...] = z
+    # torch sums the smoothing terms before scaling them by eps / C: NaN even for N = 0
+    total = math.nan if t is not None and eps > 0.0 else math.fsum(rows)
+    return total, math.fsum(z), 0.0, int(bad[0]) if len(bad) else -1
+
+
+def _weighted_count(sw, t, w, ignore_index, C):
+    """The denominator of the mean with sample weights: sum(s_i * w[y_i]) over the rows that
+    are not ignored (sum(s_i) for soft targets, ``t`` None; 0 for C = 0, as torch's 0 / 0).
+    The labels must have been checked."""
+    if C == 0:
+        return 0.0
+    if t is None:
+        return float(np.sum(sw))
+    valid = t != ignore_index
+    wy = valid.astype(check.F64) if w is None else np.where(valid, w[np.where(valid, t, 0)], 0.0)
+    return float(np.sum(sw * wy))
+
+
 def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing, num_threads,
                    axis, z_loss, softcap, logit_scale, base, return_z_loss, with_grad,
-                   grad_output=1.0, out=None, inplace=False, grad_dtype=None):
+                   grad_output=1.0, out=None, inplace=False, grad_dtype=None, sample_weight=None):
     x = check.logits_array(logits)
     nd = x.ndim
-    if nd < 2:
-        raise ValueError(f"logits: expected at least 2 dimensions (N, C, ...), got shape {x.shape}")
+    if nd < 1:
+        raise ValueError("logits: expected at least 1 dimension ((C,), (N, C) or (N, C, ...)), "
+                         "got a scalar")
     if type(axis) is not int or not -nd <= axis < nd:
         if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
             raise TypeError(f"axis: expected an int, got {type(axis).__name__}")
@@ -75,8 +116,6 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
             raise ValueError(f"axis: {axis} is out of bounds for logits of dimension {nd}")
     axis = int(axis) % nd
     C = x.shape[axis]
-    if C == 0:
-        raise ValueError(f"logits: the class axis (axis {axis}) has length 0 (C = 0)")
     if nd == 2 and axis == 1:
         N = x.shape[0]
         row_shape = (N,)
@@ -84,7 +123,7 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
         row_shape = x.shape[:axis] + x.shape[axis + 1:]
         N = math.prod(row_shape)
     kdt = check.kernel_dtype(x.dtype)
-    if type(ignore_index) is not int:
+    if type(ignore_index) is not int or not -2**63 <= ignore_index < 2**63:
         ignore_index = check.integer(ignore_index, "ignore_index")
     w, W = (None, float(C)) if weight is None else check.class_weight(weight, C)
     if reduction not in check.REDUCTIONS:
@@ -96,7 +135,10 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
     cap, scale = (0.0, 1.0) if softcap is None and logit_scale == 1.0 else \
         check.logit_transform(softcap, logit_scale)
     lscale = 1.0 if base is None else check.log_base_scale(base)
-    rpb = check.BLOCK_ELEMS // C or 1
+    rpb = check.rows_per_block(C)
+    if return_z_loss is not False:
+        return_z_loss = check.flag(return_z_loss, "return_z_loss")
+    sw = None if sample_weight is None else check.sample_weight(sample_weight, row_shape)
     if num_threads is not None:
         n_threads = check.num_threads(num_threads)
     # one block of rows: computed on the calling thread, no parallel region
@@ -116,8 +158,12 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
     grad = gv = None
     gscale, row_scale = 1.0, None
     if with_grad:
+        if inplace is not False:
+            inplace = check.flag(inplace, "inplace")
         gdt = _grad_dtype(grad_dtype, x.dtype)
         gscale, row_scale = check.grad_output(grad_output, reduction, row_shape)
+        if sw is not None:
+            row_scale = sw if row_scale is None else row_scale * sw
         gscale *= lscale
         grad = _grad_buffer(x, logits, out, inplace, gdt,
                             [(target, "target"), (weight, "weight")])
@@ -130,22 +176,35 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
             bad, wsum = _kernels.xent.label_stats(t, C, ignore_index, w)
             if bad >= 0:
                 check.raise_bad_label(t, bad, C, ignore_index)
+        if sw is not None:
+            wsum = _weighted_count(sw, t, w, ignore_index, C)
         if reduction == "mean":
             gscale = check.div(gscale, wsum)
 
-    if reduction == "none":
+    if reduction == "none" or sw is not None:
         loss_rows = np.empty(N, dtype=kdt)
         z_rows = np.empty(N, dtype=kdt) if return_z_loss else None
     else:
         loss_rows = z_rows = None
-    total, ztotal, wsum, bad = _kernels.xent.xent(xv, t, probs, w, W, ignore_index, eps, zl, scale, cap,
+    if C == 0:
+        total, ztotal, wsum, bad = _no_classes(N, t, ignore_index, eps, zl, loss_rows, z_rows)
+    else:
+        total, ztotal, wsum, bad = _kernels.xent.xent(xv, t, probs, w, W, ignore_index, eps, zl, scale, cap,
                                           lscale, gscale, row_scale, loss_rows, z_rows, gv,
                                           rpb, n_threads)
     if bad >= 0:
         check.raise_bad_label(t, bad, C, ignore_index)
+    if sw is not None:
+        # s_i * loss_i per row; sums of the weighted rows (the rows hold lscale already)
+        weighted = sw * loss_rows
+        total, loss_rows = float(np.sum(weighted)) / lscale, weighted.astype(kdt)
+        if return_z_loss:
+            weighted = sw * z_rows
+            ztotal, z_rows = float(np.sum(weighted)) / lscale, weighted.astype(kdt)
+        wsum = _weighted_count(sw, t, w, ignore_index, C)
     if reduction == "none":
-        loss = loss_rows.reshape(row_shape)
-        zterm = z_rows.reshape(row_shape) if return_z_loss else None
+        loss = loss_rows.reshape(row_shape)[()]
+        zterm = z_rows.reshape(row_shape)[()] if return_z_loss else None
     else:
         if reduction == "mean":
             # as torch: 0/0 when no non-ignored row has weight (also with label smoothing,
@@ -159,50 +218,155 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
     return (loss, zterm) if return_z_loss else loss
 
 
-def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
-                  label_smoothing=0.0, axis=-1, z_loss=0.0, softcap=None, logit_scale=1.0,
-                  base=None, return_z_loss=False, num_threads=None):
-    """Cross-entropy between softmax(logits) and the targets, as
-    ``torch.nn.functional.cross_entropy``.
+def cross_entropy(logits: Any, target: Any, *, weight: Any = None, ignore_index: int = -100,
+                  reduction: str = "mean", label_smoothing: float = 0.0, axis: int = -1,
+                  z_loss: float = 0.0, softcap: float | None = None, logit_scale: float = 1.0,
+                  base: float | None = None, return_z_loss: bool = False,
+                  sample_weight: Any = None, num_threads: int | None = None) -> Any:
+    """Cross-entropy between ``softmax(logits)`` and the targets.
 
-    logits: float32/float64 (float16 and bfloat16 are read directly and computed in
-    float32), shape (N, C) or N-D with the class axis ``axis`` (PyTorch's (N, C, d1, ...)
-    layout is ``axis=1``).  target: integer class labels of the logits' shape without the
-    class axis (any integer dtype), or class probabilities of the logits' shape (soft
-    targets, a float array).
+    The semantics of ``torch.nn.functional.cross_entropy`` (class weights, ``ignore_index``,
+    label smoothing, soft targets, N-D input, unbatched input, the reductions), plus
+    ``sample_weight`` (scikit-learn's ``log_loss``) and the options of LLM training.
 
-    weight (C,) rescales each class; rows whose label equals ``ignore_index`` contribute 0
-    and are left out of the mean's denominator; ``label_smoothing`` mixes the uniform
-    distribution into the target.  reduction: "mean" (sum of losses / sum of the weights of
-    the non-ignored rows; soft targets: / number of rows), "sum", or "none" (one loss per
-    row, the target's shape).  Scalars come back as NumPy scalars of the computation dtype.
+    Parameters
+    ----------
+    logits : array_like
+        float32 or float64 (float16 and bfloat16 are read directly and computed in float32), of
+        shape (N, C), (C,) (one unbatched row) or N-D with the classes along ``axis`` (PyTorch's
+        (N, C, d1, ...) layout is ``axis=1``); any memory layout.  C = 0 is allowed (every row
+        must then be ignored, as in PyTorch).
+    target : array_like
+        Integer class labels (any integer dtype) of the logits' shape without the class axis
+        (a scalar for (C,) logits), or class probabilities of the logits' shape (soft targets,
+        a float array).
+    weight : array_like, optional
+        (C,) class weights (any real values, negative included, as PyTorch; float16 and
+        bfloat16 too).  Each row's loss is multiplied by the weight of its label.
+    ignore_index : int, default -100
+        Rows labelled ``ignore_index`` have loss 0 and are left out of the mean.
+    reduction : {"mean", "sum", "none"}, default "mean"
+        "mean" divides the sum by the sum of the (class times sample) weights of the rows that
+        are not ignored (soft targets: of the rows); "none" returns one loss per row.
+    label_smoothing : float, default 0.0
+        In [0, 1]: the target becomes ``(1 - eps) * target + eps / C``.
+    axis : int, default -1
+        The class axis of ``logits``.
+    z_loss : float, default 0.0
+        Adds ``z_loss * logsumexp(z)**2`` to each row that is not ignored (PaLM).
+    softcap : float, optional
+        Replaces the logits ``z`` by ``softcap * tanh(z / softcap)`` (Gemma 2).
+    logit_scale : float, default 1.0
+        Multiplies the logits first (inverse temperature).
+    base : float, optional
+        The unit: None (nats), 2 (bits), any finite b > 0 other than 1.
+    return_z_loss : bool, default False
+        Also return the z-loss part, reduced like the loss.
+    sample_weight : array_like, optional
+        One finite real weight per row (the target's shape for hard labels): row i's loss is
+        multiplied by ``sample_weight[i]``, and "mean" becomes the weighted mean
+        ``sum(s_i * loss_i) / sum(s_i * weight[y_i])`` over the rows that are not ignored
+        (``sum(s_i * loss_i) / sum(s_i)`` without class weights, as scikit-learn's ``log_loss``).
+    num_threads : int, optional
+        Threads for this call (1 to a cap of at least 1024); by default OpenMP's default
+        (``OMP_NUM_THREADS``, threadpoolctl).  Results are bit-identical for any value.
 
-    LLM-training options: ``z_loss`` adds z_loss * logsumexp(z)^2 per row (PaLM); ``softcap``
-    replaces the logits z by softcap * tanh(z / softcap) (Gemma 2); ``logit_scale`` multiplies
-    the logits first (inverse temperature).  ``return_z_loss=True`` returns (loss, z_term),
-    the z-loss part reduced like the loss.  ``base`` gives the unit: None (nats), 2 (bits),
-    any b > 0, != 1.  Sums are in float64, in an order that does not depend on
-    ``num_threads``: results are bit-identical for any thread count.
+    Returns
+    -------
+    loss : numpy scalar or numpy.ndarray
+        A NumPy scalar for "mean" and "sum" (and for "none" with unbatched logits), otherwise
+        one loss per row in the target's shape; float64 for float64 logits, else float32.
+        A mean over no weight at all (every row ignored, N = 0) is NaN, as PyTorch.
+    z_term : numpy scalar or numpy.ndarray
+        With ``return_z_loss=True``: the z-loss part of ``loss``, reduced the same way.
+
+    Raises
+    ------
+    TypeError
+        An argument of the wrong type or dtype (the message starts with its name).
+    ValueError
+        A wrong shape, a label outside [0, C) that is not ``ignore_index``, an option out of
+        range (the message starts with the argument's name).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastxent
+    >>> logits = np.array([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0]])
+    >>> fastxent.cross_entropy(logits, np.array([0, 2]))
+    np.float64(0.1466...)
+    >>> fastxent.cross_entropy(logits, np.array([0, 2]), reduction="none")
+    array([0.2395..., 0.0537...])
+    >>> fastxent.cross_entropy(logits, np.array([0, -100]), sample_weight=np.array([2.0, 1.0]))
+    np.float64(0.2395...)
+    >>> fastxent.cross_entropy(logits[0], 0)               # one unbatched row
+    np.float64(0.2395...)
     """
     return _cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing,
                           num_threads, axis, z_loss, softcap, logit_scale, base, return_z_loss,
-                          False)
+                          False, sample_weight=sample_weight)
 
 
-def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
-                            label_smoothing=0.0, axis=-1, z_loss=0.0, softcap=None,
-                            logit_scale=1.0, base=None, return_z_loss=False, grad_output=1.0,
-                            out=None, inplace=False, grad_dtype=None, num_threads=None):
-    """``(loss, grad)`` in one fused pass over the logits; grad = d(loss)/d(logits) * grad_output
-    (``(loss, z_term, grad)`` with ``return_z_loss=True``).
+def cross_entropy_with_grad(logits: Any, target: Any, *, weight: Any = None,
+                            ignore_index: int = -100, reduction: str = "mean",
+                            label_smoothing: float = 0.0, axis: int = -1, z_loss: float = 0.0,
+                            softcap: float | None = None, logit_scale: float = 1.0,
+                            base: float | None = None, return_z_loss: bool = False,
+                            grad_output: Any = 1.0, out: np.ndarray | None = None,
+                            inplace: bool = False, grad_dtype: Any = None,
+                            sample_weight: Any = None,
+                            num_threads: int | None = None) -> tuple[Any, ...]:
+    """The loss of :func:`cross_entropy` and its gradient, in one fused pass over the logits.
 
-    ``grad_output``: a scalar; for reduction="none" also an array of the target's shape that
-    scales each row.  ``out=``: a caller's array of the logits' shape (and of ``grad_dtype``)
-    that receives the gradient; ``inplace=True`` overwrites ``logits`` with it (no new N x C
-    memory).  Otherwise a new array is allocated (its first touch costs about as much as
-    writing it).  ``grad_dtype``: the gradient's dtype, the logits' by default; float32 may be
-    asked for 16-bit logits.  Other arguments as ``cross_entropy``.
+    Parameters
+    ----------
+    logits, target, weight, ignore_index, reduction, label_smoothing, axis, z_loss, softcap, \
+logit_scale, base, return_z_loss, num_threads
+        As :func:`cross_entropy`.
+    grad_output : float or array_like, default 1.0
+        The gradient of whatever follows the loss: the result is d(loss)/d(logits) times it.
+        A scalar; for ``reduction="none"`` also an array of the target's shape (one per row).
+    out : numpy.ndarray, optional
+        An array of the logits' shape (and of ``grad_dtype``) that receives the gradient.  It
+        is written only once every argument has been checked.
+    inplace : bool, default False
+        Overwrite ``logits`` with the gradient (no new N x C memory).
+    grad_dtype : dtype, optional
+        The gradient's dtype: the logits' (default), or float32 for 16-bit logits.
+    sample_weight : array_like, optional
+        As :func:`cross_entropy`; row i's gradient is multiplied by ``sample_weight[i]`` (and
+        divided by the weighted mean's denominator for "mean").
+
+    Returns
+    -------
+    loss : numpy scalar or numpy.ndarray
+        As :func:`cross_entropy`.
+    z_term : numpy scalar or numpy.ndarray
+        With ``return_z_loss=True`` only.
+    grad : numpy.ndarray
+        d(loss)/d(logits) * grad_output, of the logits' shape (``out`` or ``logits`` itself when
+        given).  Ignored rows have gradient 0.
+
+    Raises
+    ------
+    TypeError
+        An argument of the wrong type or dtype (the message starts with its name).
+    ValueError
+        As :func:`cross_entropy`, and for an ``out`` of the wrong shape, dtype or layout, a
+        read-only or overlapping ``out``, or ``grad_output`` of the wrong shape.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastxent
+    >>> logits = np.array([[2.0, 0.5, -1.0], [0.1, 0.2, 3.0]])
+    >>> loss, grad = fastxent.cross_entropy_with_grad(logits, np.array([0, 2]))
+    >>> grad.round(4)
+    array([[-0.1065,  0.0997,  0.0222],
+           [ 0.0249,  0.0275, -0.0524]])
+    >>> np.allclose(grad.sum(axis=1), 0.0)
+    True
     """
     return _cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing,
                           num_threads, axis, z_loss, softcap, logit_scale, base, return_z_loss,
-                          True, grad_output, out, inplace, grad_dtype)
+                          True, grad_output, out, inplace, grad_dtype, sample_weight)

@@ -76,8 +76,19 @@ def _bad_label(t, C):
         check.raise_bad_label(t, int(np.argmax(mask.reshape(-1))), C, name="p", as_index=True)
 
 
+def _raise_xent_invalid(pa, qa, labels, C, ax):
+    """The error for the invalid flag of the cross-entropy kernel: a label outside [0, C), or
+    a negative probability (with labels, only among the q entries read)."""
+    if labels is not None:
+        _bad_label(pa, C)
+        y = np.expand_dims(pa.astype(np.intp), ax)
+        _raise_negative(np.take_along_axis(qa, y, ax), "q")
+    _raise_negative(pa, "p")
+    _raise_negative(qa, "q")
+
+
 def _xent_probs(p, q, eps, axis, reduction, base, num_threads, with_grad, grad_output=1.0,
-                out=None):
+                out=None, sample_weight=None):
     qa = check.float_array(q, "q")
     if qa.ndim == 0:
         raise ValueError("q: expected an array with at least 1 dimension (the class axis), "
@@ -106,7 +117,10 @@ def _xent_probs(p, q, eps, axis, reduction, base, num_threads, with_grad, grad_o
     e = _eps(eps, kdt)
     check.reduction(reduction)
     lscale = check.log_base_scale(base)
+    sw = check.sample_weight(sample_weight, row_shape)
+    count = N if sw is None else float(np.sum(sw))      # the mean's denominator
     n_threads = _threads(num_threads, N * C, N, C)
+    rpb = check.rows_per_block(C)
     qk = check.as_kernel_dtype(qa, kdt)
     qv = check.rows_of(qk, ax, C, "q", False)
     pv = None if labels is not None else check.rows_of(check.as_kernel_dtype(pa, kdt), ax, C, "p", False)
@@ -115,35 +129,42 @@ def _xent_probs(p, q, eps, axis, reduction, base, num_threads, with_grad, grad_o
     gscale = 1.0
     if with_grad:
         gscale, row_scale = check.grad_output(grad_output, reduction, row_shape)
+        if sw is not None:
+            row_scale = sw if row_scale is None else row_scale * sw
         gscale *= lscale
         if reduction == "mean":
-            gscale = check.div(gscale, N)
+            gscale = check.div(gscale, count)
         if out is None:
             grad = np.empty(qa.shape, dtype=kdt)
         else:
-            grad = check.check_out(out, qa.shape, kdt, [(q, "q")], [(p, "p")], "gradient")
+            grad = check.check_out(out, qa.shape, kdt, [(q, "q")], [(p, "p"), (sample_weight, "sample_weight")], "gradient")
+            # The caller's array is written only once the inputs are known to be valid: a
+            # loss-only pass (no writes) finds a bad label or a negative probability while p and
+            # q are intact -- out may be q itself.  It costs one read of the inputs, and only
+            # callers who pass out= pay it.
+            if _kernels.probs.rows(pv, qv, None, labels, _kernels.probs.OP_XENT, 0, e, 1.0, 1.0,
+                                   None, None, lscale, rpb, n_threads)[1]:
+                _raise_xent_invalid(pa, qa, labels, C, ax)
         gv = check.rows_of(grad, ax, C, "out", True)
-    vals = np.empty(N, dtype=kdt) if reduction == "none" else None
+    vals = np.empty(N, dtype=kdt) if reduction == "none" or sw is not None else None
     total, bad = _kernels.probs.rows(pv, qv, gv, labels, _kernels.probs.OP_XENT, 0, e, 1.0, gscale, row_scale,
-                             vals, lscale, max(1, check.BLOCK_ELEMS // C), n_threads)
+                             vals, lscale, rpb, n_threads)
     if bad:
-        if labels is not None:
-            _bad_label(pa, C)
-            y = np.expand_dims(pa.astype(np.intp), ax)
-            _raise_negative(np.take_along_axis(qa, y, ax), "q")
-        _raise_negative(pa, "p")
-        _raise_negative(qa, "q")
+        _raise_xent_invalid(pa, qa, labels, C, ax)
+    if sw is not None:
+        weighted = sw * vals                             # s_i * loss_i (the rows hold lscale)
+        total, vals = float(np.sum(weighted)) / lscale, weighted.astype(kdt)
     if reduction == "none":
         loss = _vals(vals, row_shape)
     elif reduction == "mean":
-        loss = kdt.type(check.div(total, N) * lscale if N else math.nan)
+        loss = kdt.type(check.div(total, count) * lscale if N else math.nan)
     else:
         loss = kdt.type(total * lscale)
     return (loss, grad) if with_grad else loss
 
 
 def cross_entropy_from_probs(p, q, *, eps=None, axis=-1, reduction="mean", base=None,
-                             num_threads=None):
+                             sample_weight=None, num_threads=None):
     """Cross-entropy H(p, q) = -sum_c p_c log q_c of predicted probabilities ``q`` against
     target probabilities ``p``, per row along ``axis`` (scikit-learn's ``log_loss``).
 
@@ -161,11 +182,13 @@ def cross_entropy_from_probs(p, q, *, eps=None, axis=-1, reduction="mean", base=
     Mixed float32/float64 inputs are computed in float64; sums are in float64, in an order that
     does not depend on ``num_threads``.
     """
-    return _xent_probs(p, q, eps, axis, reduction, base, num_threads, False)
+    return _xent_probs(p, q, eps, axis, reduction, base, num_threads, False,
+                       sample_weight=sample_weight)
 
 
 def cross_entropy_from_probs_with_grad(p, q, *, eps=None, axis=-1, reduction="mean", base=None,
-                                       grad_output=1.0, out=None, num_threads=None):
+                                       grad_output=1.0, out=None, sample_weight=None,
+                                       num_threads=None):
     """``(loss, grad)``: the loss of :func:`cross_entropy_from_probs` and d(loss)/dq * grad_output.
 
     grad = -p / q (/ rows for "mean", / ln(base)) where eps <= q <= 1, and 0 where q was clipped
@@ -173,7 +196,8 @@ def cross_entropy_from_probs_with_grad(p, q, *, eps=None, axis=-1, reduction="me
     ``grad_output``: a scalar, or for reduction="none" an array of the loss's shape scaling each
     row.  ``out=``: an array of q's shape and dtype receiving the gradient (it may be q itself).
     """
-    return _xent_probs(p, q, eps, axis, reduction, base, num_threads, True, grad_output, out)
+    return _xent_probs(p, q, eps, axis, reduction, base, num_threads, True, grad_output, out,
+                       sample_weight)
 
 
 # ------------------------------------------------------------------ entropy / KL divergence
@@ -347,7 +371,7 @@ def _binary(op, x_in, target, weight, pos_weight, reduction, base, num_threads, 
     gscale = 1.0
     if with_grad:
         if isinstance(grad_output, numbers.Real) and not isinstance(grad_output, bool):
-            gscale = float(grad_output)
+            gscale = check.to_float(grad_output, "grad_output")
         else:
             g = check.real_array(grad_output, "grad_output")
             if g.size == 1 and (g.ndim == 0 or reduction != "none"):
@@ -387,6 +411,14 @@ def _binary(op, x_in, target, weight, pos_weight, reduction, base, num_threads, 
         R, K, strides = grid
         it = iter(strides)
         specs = [None if a is None else (a, *next(it)) for a in ops]
+        if out is not None and op == _kernels.probs.OP_BCE:
+            # out is written only once the values are known to be in range: a loss-only pass
+            # (no writes) checks them while they are intact -- out may be probs itself.  One read
+            # of the inputs, paid only by callers who pass out=.
+            if _kernels.probs.binary(op, R, K, *specs[:5], None, None, lscale, gscale,
+                                     n_threads)[1]:
+                _raise_range(x, xname)
+                _raise_range(y, "target")
         total, bad = _kernels.probs.binary(op, R, K, *specs, loss_flat, lscale, gscale, n_threads)
         if bad:
             _raise_range(x, xname)
@@ -432,8 +464,8 @@ def binary_cross_entropy_with_grad(probs, target, *, weight=None, reduction="mea
     float32, 9.99999996e-13, as torch also for float64).
 
     ``grad_output``: a scalar, or for reduction="none" an array broadcastable to probs' shape.
-    ``out=``: an array of probs' shape and dtype for the gradient (it may be probs itself).
-    On a ValueError for an out-of-range value, ``out`` may have been partly written.
+    ``out=``: an array of probs' shape and dtype for the gradient (it may be probs itself); it
+    is written only once every value has been checked.
     """
     return _binary(_kernels.probs.OP_BCE, probs, target, weight, None, reduction, base, num_threads, True,
                    grad_output, out)

@@ -207,7 +207,8 @@ def _compute_dtype(dtype):
 def _rows(a, axis, c):
     """``a`` with the class axis moved last and flattened to (N, C): one row per position of the
     other axes, in C order (the order of the flattened target)."""
-    return np.moveaxis(a, axis, -1).reshape(-1, c)
+    moved = np.moveaxis(a, axis, -1)
+    return moved.reshape(int(np.prod(moved.shape[:-1])), c)
 
 
 def _unrows(g, shape, axis):
@@ -243,21 +244,20 @@ def _check_options(reduction, label_smoothing, z_loss, softcap, logit_scale, bas
 
 
 def _xent_rows(logits, target, weight, ignore_index, reduction, label_smoothing, axis=-1,
-               z_loss=0.0, softcap=None, logit_scale=1.0, base=None):
+               z_loss=0.0, softcap=None, logit_scale=1.0, base=None, sample_weight=None):
     """Validate, then return everything the loss and the gradient need (a namespace).
 
-    The logits are viewed as (N, C) rows (class axis last); the transformed logits
-    ``z = cap * tanh(scale * x / cap)`` (``scale * x`` without a softcap) are what the softmax sees.
+    The logits are viewed as (N, C) rows (class axis last; (C,) logits are one row); the
+    transformed logits ``z = cap * tanh(scale * x / cap)`` (``scale * x`` without a softcap) are
+    what the softmax sees.
     """
     x = _logits_array(logits)
-    if x.ndim < 2:
-        raise ValueError(f"logits: expected at least 2 dimensions (N, C, ...), got shape {x.shape}")
+    if x.ndim < 1:
+        raise ValueError("logits: expected at least 1 dimension, got a 0-d array")
     if not -x.ndim <= axis < x.ndim:
         raise ValueError(f"axis: {axis} is out of bounds for logits of dimension {x.ndim}")
     axis = axis % x.ndim
     c = x.shape[axis]
-    if c == 0:
-        raise ValueError("logits: C (number of classes) must be at least 1")
     row_shape = x.shape[:axis] + x.shape[axis + 1:]
     eps, zl, cap, scale, log_base = _check_options(reduction, label_smoothing, z_loss, softcap,
                                                    logit_scale, base)
@@ -266,13 +266,21 @@ def _xent_rows(logits, target, weight, ignore_index, reduction, label_smoothing,
         w = np.ones(c, dtype=dt)
     else:
         w = np.asarray(weight)
-        if w.dtype.kind != "f":
-            raise TypeError(f"weight: expected a float array, got dtype {w.dtype}")
+        if w.dtype.kind not in "fiu" and w.dtype.name != "bfloat16":
+            raise TypeError(f"weight: expected a real-valued array, got dtype {w.dtype}")
         if w.shape != (c,):
             raise ValueError(f"weight: expected shape ({c},), got {w.shape}")
         if not np.all(np.isfinite(w)):
             raise ValueError("weight: entries must be finite (negative weights are allowed, as torch)")
-        w = w.astype(dt)
+        w = w.astype(np.float64).astype(dt)
+    sw = np.ones(int(np.prod(row_shape)))
+    if sample_weight is not None:
+        sw = np.asarray(sample_weight)
+        if sw.shape != row_shape:
+            raise ValueError(f"sample_weight: expected shape {row_shape}, got {sw.shape}")
+        sw = sw.astype(np.float64).reshape(-1)
+        if not np.all(np.isfinite(sw)):
+            raise ValueError("sample_weight: entries must be finite")
 
     t = np.asarray(target)
     soft = t.dtype.kind == "f"
@@ -297,22 +305,28 @@ def _xent_rows(logits, target, weight, ignore_index, reduction, label_smoothing,
             y = None
             q = _rows(t, axis, c).astype(dt, copy=False)
             if eps != 0.0:
-                q = ((1 - eps) * q + eps / c).astype(dt)
+                q = ((1 - eps) * q + eps / max(c, 1)).astype(dt)
             valid = np.ones(n, dtype=bool)
-            w_y = np.ones(n, dtype=dt)
+            # torch's mean divides by numel / C: 0 / 0 = NaN when C = 0
+            w_y = np.full(n, 1 if c else 0, dtype=dt)
             loss = (-np.sum(w * q * logp, axis=1)).astype(dt)
         else:
             q = None
             y, valid = _check_target(t, row_shape, c, ignore_index)
             rows = np.arange(n)
-            w_y = np.where(valid, w[y], 0).astype(dt)           # weight of each row's target
-            nll = np.where(valid, -w[y] * logp[rows, y], 0).astype(dt)
-            if eps == 0.0:
-                # As torch: no smoothing term at all (so a masked class does not give 0 * inf = nan).
-                loss = nll
+            if c == 0:
+                # every row is ignored (else the label is out of range): as torch, a loss of 0,
+                # and NaN with label smoothing (its term is 0 * eps / 0)
+                w_y = np.zeros(n, dtype=dt)
+                loss = np.full(n, np.nan if eps else 0.0, dtype=dt)
             else:
-                smooth = np.where(valid, -np.sum(logp * w, axis=1), 0).astype(dt)
-                loss = ((1 - eps) * nll + (eps / c) * smooth).astype(dt)
+                w_y = np.where(valid, w[y], 0).astype(dt)       # weight of each row's target
+                loss = np.where(valid, -w[y] * logp[rows, y], 0).astype(dt)
+                if eps != 0.0:
+                    # As torch, no smoothing term at all when eps == 0 (so a masked class does
+                    # not give 0 * inf = nan).
+                    smooth = np.where(valid, -np.sum(logp * w, axis=1), 0).astype(dt)
+                    loss = ((1 - eps) * loss + (eps / c) * smooth).astype(dt)
         lse = None
         zrow = np.zeros(n, dtype=dt)
         if zl != 0.0:
@@ -322,10 +336,15 @@ def _xent_rows(logits, target, weight, ignore_index, reduction, label_smoothing,
             loss = (loss + zrow).astype(dt)
     return SimpleNamespace(x=x, shape=x.shape, axis=axis, row_shape=row_shape, c=c, dt=dt, z=z,
                            dz=dz, soft=soft, y=y, q=q, valid=valid, w=w, w_y=w_y, loss=loss,
-                           zrow=zrow, lse=lse, eps=eps, zl=zl, log_base=log_base)
+                           zrow=zrow, lse=lse, eps=eps, zl=zl, log_base=log_base, sw=sw)
 
 
-def _reduce(loss, w_y, reduction, dt):
+def _reduce(loss, w_y, reduction, dt, sw):
+    """Reduce per-row losses; with sample weights ``sw`` each row counts ``sw[i]`` times (in the
+    sum and in the mean's denominator of weights ``w_y``)."""
+    with np.errstate(all="ignore"):
+        loss = (loss * sw).astype(dt)
+        w_y = w_y * sw
     if reduction == "none":
         return loss
     with np.errstate(all="ignore"):
@@ -342,15 +361,18 @@ def _reduce(loss, w_y, reduction, dt):
 
 def _finish(values, r, reduction):
     """Reduce per-row ``values``, convert to the unit of ``base``, give "none" the target's shape."""
-    out = _reduce(values, r.w_y, reduction, r.dt)
+    out = _reduce(values, r.w_y, reduction, r.dt, r.sw)
+    if r.c == 0 and r.eps and not r.soft and reduction != "none":
+        # torch scales the sum of the smoothing terms by eps / C = inf: NaN, even for no rows
+        out = r.dt.type(np.nan)
     if r.log_base != 1.0:
         out = (out / r.log_base).astype(r.dt) if reduction == "none" else r.dt.type(out / r.log_base)
-    return out.reshape(r.row_shape) if reduction == "none" else out
+    return out.reshape(r.row_shape)[()] if reduction == "none" else out
 
 
 def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
                   label_smoothing=0.0, axis=-1, z_loss=0.0, softcap=None, logit_scale=1.0,
-                  base=None, return_z_loss=False, num_threads=None):
+                  base=None, return_z_loss=False, sample_weight=None, num_threads=None):
     """Softmax cross-entropy of ``logits`` (classes along ``axis``) against ``target``.
 
     Same semantics as ``torch.nn.functional.cross_entropy``.  Hard labels (an integer ``target``
@@ -369,10 +391,14 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
     logits`` when ``softcap`` is None); ``z_loss`` adds ``z_loss * logsumexp(z)^2`` to every row
     that is not ignored; ``base`` divides everything by ``ln(base)``.  ``return_z_loss=True``
     returns ``(loss, z_term)``, the z-loss part reduced like the loss.  float16 / bfloat16 logits
-    are computed in float32.
+    are computed in float32.  ``sample_weight`` (one weight s_i per row) multiplies row i's loss
+    and its weight in the mean: ``"mean"`` is ``sum(s_i * loss_i) / sum(s_i * w[y_i])``.
+
+    (C,) logits with a scalar target are one unbatched row; C = 0 follows torch (labels must be
+    ignored; loss 0, NaN with label smoothing; the mean is NaN).
     """
     r = _xent_rows(logits, target, weight, ignore_index, reduction, label_smoothing, axis,
-                   z_loss, softcap, logit_scale, base)
+                   z_loss, softcap, logit_scale, base, sample_weight)
     loss = _finish(r.loss, r, reduction)
     return (loss, _finish(r.zrow, r, reduction)) if return_z_loss else loss
 
@@ -380,7 +406,8 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
 def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
                             label_smoothing=0.0, axis=-1, z_loss=0.0, softcap=None,
                             logit_scale=1.0, base=None, return_z_loss=False, grad_output=1.0,
-                            out=None, inplace=False, grad_dtype=None, num_threads=None):
+                            out=None, inplace=False, grad_dtype=None, sample_weight=None,
+                            num_threads=None):
     """Return ``(loss, grad)`` (``(loss, z_term, grad)`` with ``return_z_loss=True``): the loss of
     :func:`cross_entropy` and d(loss)/d(logits) * grad_output, in the logits' shape.
 
@@ -394,10 +421,11 @@ def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, r
     row i uses ``grad_output[i]`` when it is an array of the target's shape, allowed for
     ``reduction="none"`` only), then times dz/dlogits (``logit_scale / cosh(logit_scale * x /
     softcap)^2``, or ``logit_scale``) and divided by ``ln(base)``.  ``grad_dtype``: the
-    gradient's dtype (None: the logits' dtype; float32 is allowed for 16-bit logits).
+    gradient's dtype (None: the logits' dtype; float32 is allowed for 16-bit logits).  Row i's
+    gradient is also multiplied by ``sample_weight[i]``.
     """
     r = _xent_rows(logits, target, weight, ignore_index, reduction, label_smoothing, axis,
-                   z_loss, softcap, logit_scale, base)
+                   z_loss, softcap, logit_scale, base, sample_weight)
     n, c = r.z.shape
     dt = r.dt
     gdt = r.x.dtype if grad_dtype is None else np.dtype(grad_dtype)
@@ -424,9 +452,10 @@ def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, r
         if gdt != r.x.dtype:
             raise ValueError(f"grad_dtype: inplace=True writes the logits' own dtype {r.x.dtype}")
 
+    scale = scale * r.sw
     with np.errstate(all="ignore"):
         if reduction == "mean":
-            total_weight = np.sum(r.w_y, dtype=dt)
+            total_weight = np.sum(r.w_y * r.sw, dtype=dt)
             scale = scale / total_weight if total_weight != 0 else np.full(n, np.nan)
         scale = np.where(r.valid, scale, 0).astype(dt)
         p = softmax(r.z, axis=1)                                   # NaN rows stay NaN
@@ -435,8 +464,9 @@ def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, r
             grad = np.sum(w * r.q, axis=1)[:, None] * p - w * r.q
         else:
             onehot = np.zeros((n, c), dtype=dt)
-            onehot[np.arange(n), r.y] = 1
-            grad = (1 - eps) * r.w_y[:, None] * (p - onehot) + (eps / c) * (np.sum(w) * p - w)
+            if c:
+                onehot[np.arange(n), r.y] = 1
+            grad = (1 - eps) * r.w_y[:, None] * (p - onehot) + (eps / max(c, 1)) * (np.sum(w) * p - w)
         if r.zl != 0.0:
             grad = grad + 2 * r.zl * r.lse[:, None] * p
         grad = scale[:, None] * grad
@@ -516,18 +546,26 @@ def _probs_and_q(p, q, axis):
     return P, q, axis
 
 
-def _reduce_rows(rows, reduction, dt):
+def _reduce_rows(rows, reduction, dt, sample_weight=None):
+    """Reduce per-row values; with ``sample_weight`` each row counts s_i times (the mean is
+    sum(s_i v_i) / sum(s_i))."""
+    s = np.ones(rows.shape) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    if s.shape != rows.shape:
+        raise ValueError(f"sample_weight: expected shape {rows.shape}, got {s.shape}")
+    rows = rows * s
     if reduction == "none":
         return rows.astype(dt)[()]
     if reduction == "sum":
         return dt.type(np.sum(rows))
-    return dt.type(np.mean(rows)) if rows.size else dt.type(np.nan)
+    with np.errstate(all="ignore"):
+        return dt.type(np.sum(rows) / np.sum(s)) if rows.size else dt.type(np.nan)
 
 
 def cross_entropy_from_probs(p, q, *, eps=None, axis=-1, reduction="mean", base=None,
-                             num_threads=None):
+                             sample_weight=None, num_threads=None):
     """-sum_c p_c log(clip(q_c, eps, 1)) per row along ``axis`` (0 log 0 = 0); eps=None: the
-    machine epsilon of q's dtype; integer labels p pick -log q[label]."""
+    machine epsilon of q's dtype; integer labels p pick -log q[label]; ``sample_weight`` (one
+    weight s_i per row) multiplies row i, and the mean is sum(s_i H_i) / sum(s_i)."""
     _check_reduction(reduction)
     P, q, axis = _probs_and_q(p, q, axis)
     _check_nonneg(P, "p")
@@ -536,13 +574,15 @@ def cross_entropy_from_probs(p, q, *, eps=None, axis=-1, reduction="mean", base=
     e = np.finfo(dt).eps if eps is None else eps
     qc = np.clip(q, dt.type(e), dt.type(1))
     rows = -np.sum(_xlogy(P, qc), axis=axis) * dt.type(_log_unit(base))
-    return _reduce_rows(rows, reduction, dt)
+    return _reduce_rows(rows, reduction, dt, sample_weight)
 
 
 def cross_entropy_from_probs_with_grad(p, q, *, eps=None, axis=-1, reduction="mean", base=None,
-                                       grad_output=1.0, num_threads=None):
-    """(loss, d loss / d q): grad = -p / q * s where eps <= q <= 1 and p != 0, else 0."""
-    loss = cross_entropy_from_probs(p, q, eps=eps, axis=axis, reduction=reduction, base=base)
+                                       grad_output=1.0, sample_weight=None, num_threads=None):
+    """(loss, d loss / d q): grad = -p / q * g * s_i where eps <= q <= 1 and p != 0, else 0
+    (g: grad_output, divided by sum(s_i) (the number of rows) for "mean")."""
+    loss = cross_entropy_from_probs(p, q, eps=eps, axis=axis, reduction=reduction, base=base,
+                                    sample_weight=sample_weight)
     P, q, axis = _probs_and_q(p, q, axis)
     dt = q.dtype
     e = np.finfo(dt).eps if eps is None else eps
@@ -550,10 +590,14 @@ def cross_entropy_from_probs_with_grad(p, q, *, eps=None, axis=-1, reduction="me
     s = g if (reduction == "none" and g.ndim) else float(g)
     s = np.expand_dims(s, axis) if np.ndim(s) else s
     s = s * _log_unit(base)
-    if reduction == "mean":
-        n = q.size // q.shape[axis]
-        s = s / n if n else s * np.nan
+    n = q.size // q.shape[axis]
+    if sample_weight is not None:
+        sw = np.asarray(sample_weight, dtype=np.float64)
+        s = s * np.expand_dims(sw, axis)
+        n = np.sum(sw)
     with np.errstate(all="ignore"):
+        if reduction == "mean":
+            s = s / n if q.size // q.shape[axis] else s * np.nan
         grad = np.where((q < e) | (q > 1) | (P == 0), 0.0, -s * P / q).astype(dt)
     return loss, grad
 
