@@ -56,7 +56,7 @@ def _grad_dtype(grad_dtype, dt):
 
 
 def _soft_targets(target, x, axis, C, kdt):
-    p = target if type(target) is np.ndarray else np.asarray(target)
+    p = target if type(target) is np.ndarray else check.as_array(target, "target")
     if p.shape != x.shape:
         raise ValueError(f"target: soft targets (class probabilities) must have the logits' shape "
                          f"{x.shape}, got {p.shape}")
@@ -126,13 +126,13 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
     if type(ignore_index) is not int or not -2**63 <= ignore_index < 2**63:
         ignore_index = check.integer(ignore_index, "ignore_index")
     w, W = (None, float(C)) if weight is None else check.class_weight(weight, C)
-    if reduction not in check.REDUCTIONS:
+    if type(reduction) is not str or reduction not in check.REDUCTIONS:
         check.reduction(reduction)
     eps = label_smoothing
     if type(eps) is not float or not 0.0 <= eps <= 1.0:
         eps = check.unit_float(label_smoothing, "label_smoothing")
     zl = z_loss if type(z_loss) is float and z_loss == 0.0 else check.nonneg_float(z_loss, "z_loss")
-    cap, scale = (0.0, 1.0) if softcap is None and logit_scale == 1.0 else \
+    cap, scale = (0.0, 1.0) if softcap is None and type(logit_scale) is float and logit_scale == 1.0 else \
         check.logit_transform(softcap, logit_scale)
     lscale = 1.0 if base is None else check.log_base_scale(base)
     rpb = check.rows_per_block(C)
@@ -144,7 +144,7 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
     # one block of rows: computed on the calling thread, no parallel region
     n_threads = 1 if N <= rpb else (check.default_threads() if num_threads is None else n_threads)
 
-    tgt = target if type(target) is np.ndarray else check.as_array(target)
+    tgt = target if type(target) is np.ndarray else check.as_array(target, "target")
     kind = tgt.dtype.kind
     soft = kind == "f" or (kind == "V" and check.is_bf16(tgt.dtype))
     if soft:

@@ -54,8 +54,8 @@ def _accumulate_grad_weight(gw, g, h, first):
 
 
 def _float_pair(hidden, weight):
-    h = hidden if type(hidden) is np.ndarray else np.asarray(hidden)
-    w = weight if type(weight) is np.ndarray else np.asarray(weight)
+    h = hidden if type(hidden) is np.ndarray else check.as_array(hidden, "hidden")
+    w = weight if type(weight) is np.ndarray else check.as_array(weight, "weight")
     for a, name in ((h, "hidden"), (w, "weight")):
         if a.dtype not in (np.float32, np.float64):
             raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {a.dtype}")
@@ -113,7 +113,7 @@ def linear_cross_entropy(hidden, weight, target, *, bias=None, chunk_size=None, 
     row_shape = h.shape[:-1]
     N = math.prod(row_shape)
 
-    t = target if type(target) is np.ndarray else np.asarray(target)
+    t = target if type(target) is np.ndarray else check.as_array(target, "target")
     if t.dtype.kind not in "iu":
         raise TypeError(f"target: expected integer class labels, got dtype {t.dtype}")
     if t.shape != row_shape:
@@ -121,13 +121,14 @@ def linear_cross_entropy(hidden, weight, target, *, bias=None, chunk_size=None, 
                          f"got {t.shape}")
     ignore_index = check.integer(ignore_index, "ignore_index")
     check.reduction(reduction)
+    return_grad = check.flag(return_grad, "return_grad")
     label_smoothing = check.unit_float(label_smoothing, "label_smoothing")
     n_threads = check.num_threads(num_threads)
     rows_per_chunk = _chunk_rows(chunk_size, N, V, dt.itemsize)
 
     b = None
     if bias is not None:
-        b = bias if type(bias) is np.ndarray else np.asarray(bias)
+        b = bias if type(bias) is np.ndarray else check.as_array(bias, "bias")
         if b.dtype.kind != "f":
             raise TypeError(f"bias: expected a float array, got dtype {b.dtype}")
         if b.shape != (V,):

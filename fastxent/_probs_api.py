@@ -8,6 +8,7 @@ are bit-identical for any ``num_threads``).
 
 Units: ``base=None`` (or e) gives nats, ``base=2`` bits, any other b > 0, != 1 divides by ln(b).
 """
+import inspect
 import math
 import numbers
 
@@ -64,7 +65,7 @@ def _eps(eps, kdt):
         return float(np.finfo(kdt).eps)
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
         raise TypeError(f"eps: expected a float in [0, 1) or None, got {type(eps).__name__}")
-    e = float(eps)
+    e = check.to_float(eps, "eps")
     if not 0.0 <= e < 1.0:
         raise ValueError(f"eps: must be in [0, 1), got {eps!r}")
     return e
@@ -258,9 +259,8 @@ def kl_divergence(p, q, *, axis=-1, reduction="none", base=None, log_q=False, lo
     b = check.float_array(q, "q")
     if b.shape != a.shape:
         raise ValueError(f"q: expected p's shape {a.shape}, got {b.shape}")
-    if reduction not in _KL_REDUCTIONS:
-        raise ValueError(f"reduction: expected one of 'none', 'sum', 'mean', 'batchmean', "
-                         f"got {reduction!r}")
+    check.reduction(reduction, _KL_REDUCTIONS)
+    log_q, log_p = check.flag(log_q, "log_q"), check.flag(log_p, "log_p")
     lscale = check.log_base_scale(base)
     kdt = check.promote(a.dtype, b.dtype)
     a, b = check.as_kernel_dtype(a, kdt), check.as_kernel_dtype(b, kdt)
@@ -300,10 +300,10 @@ def perplexity(logits, target, *, base=None, **cross_entropy_kwargs):
 
     check.log_base_scale(base)
     reduction = cross_entropy_kwargs.pop("reduction", "mean")
-    if reduction not in ("mean", "none"):
-        raise ValueError(f"reduction: perplexity needs 'mean' or 'none', got {reduction!r}")
-    for key in ("z_loss", "return_z_loss", "base"):
-        if key in cross_entropy_kwargs:
+    check.reduction(reduction, ("mean", "none"))
+    accepted = inspect.signature(cross_entropy).parameters
+    for key in cross_entropy_kwargs:
+        if key in ("z_loss", "return_z_loss") or key not in accepted:
             raise TypeError(f"{key}: not accepted by perplexity")
     loss = cross_entropy(logits, target, reduction=reduction, **cross_entropy_kwargs)
     with np.errstate(over="ignore"):

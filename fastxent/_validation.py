@@ -208,9 +208,11 @@ def flag(value, name):
     return bool(value)
 
 
-def reduction(value):
-    if value not in REDUCTIONS:
-        raise ValueError(f"reduction: expected one of 'mean', 'sum', 'none', got {value!r}")
+def reduction(value, allowed=REDUCTIONS):
+    """``reduction=``: one of the strings ``allowed``."""
+    if type(value) is not str or value not in allowed:
+        raise (ValueError if isinstance(value, str) else TypeError)(
+            f"reduction: expected one of {', '.join(map(repr, allowed))}, got {value!r}")
     return value
 
 
