@@ -70,15 +70,14 @@ def _soft_targets(target, x, axis, C, kdt):
 def _no_classes(N, t, ignore_index, eps, zl, loss_rows, z_rows):
     """The kernel's results for C = 0, as torch: every label is out of range unless ignored;
     an ignored row's loss is 0, NaN with label smoothing (torch's 0 * eps / C, also in the sum
-    of no rows); a soft-target
-    row's loss is 0 plus the z-loss of an empty row (log 0 squared: inf), and the soft mean is
-    0 / 0 (NaN)."""
+    of no rows); a soft-target row's loss is 0 (NaN with a z-loss: the log-sum-exp of an empty
+    row is not finite, as for a row of -inf), and the soft mean is 0 / 0 (NaN)."""
     if t is not None:
         bad = np.flatnonzero(t != ignore_index)
         rows, z = np.full(N, math.nan if eps > 0.0 else 0.0), np.zeros(N)
     else:
         bad = ()
-        rows = z = np.full(N, math.inf if zl > 0.0 else 0.0)
+        rows = z = np.full(N, math.nan if zl > 0.0 else 0.0)
     if loss_rows is not None:
         loss_rows[...] = rows
     if z_rows is not None:
@@ -194,8 +193,14 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
                                           rpb, n_threads)
     if bad >= 0:
         check.raise_bad_label(t, bad, C, ignore_index)
-    if sw is not None:
-        # s_i * loss_i per row; sums of the weighted rows (the rows hold lscale already)
+    if return_z_loss and zl == 0.0:
+        # no z-loss: its part is exactly 0, also in rows whose log-sum-exp is not finite
+        ztotal = 0.0
+        if z_rows is not None:
+            z_rows[...] = 0.0
+    if sw is not None and C:
+        # s_i * loss_i per row; sums of the weighted rows (the rows hold lscale already).
+        # (C = 0: every row is 0 or NaN whatever its weight, and the mean is NaN.)
         weighted = sw * loss_rows
         total, loss_rows = float(np.sum(weighted)) / lscale, weighted.astype(kdt)
         if return_z_loss:

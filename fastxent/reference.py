@@ -104,6 +104,8 @@ def _reduced_last(x, axis):
     if x.ndim == 0 and axis is not None and axis != ():
         raise ValueError("x: expected at least 1 dimension, got a 0-d array")
     axes = tuple(range(x.ndim)) if axis is None else axis if isinstance(axis, tuple) else (axis,)
+    if any(not -x.ndim <= a < x.ndim for a in axes):
+        raise ValueError(f"axis: {axis!r} is out of bounds for an array of dimension {x.ndim}")
     axes = tuple(sorted(a % x.ndim for a in axes))
     if len(set(axes)) != len(axes):
         raise ValueError(f"axis: repeated axis in {axis!r}")
@@ -330,9 +332,10 @@ def _xent_rows(logits, target, weight, ignore_index, reduction, label_smoothing,
         lse = None
         zrow = np.zeros(n, dtype=dt)
         if zl != 0.0:
-            # z-loss (PaLM): zl * logsumexp(z)^2 per non-ignored row, unweighted
+            # z-loss (PaLM): zl * logsumexp(z)^2 per non-ignored row, unweighted; NaN in a row
+            # whose log-sum-exp is not finite (its loss is NaN too)
             lse = logsumexp(z, axis=1)
-            zrow = np.where(valid, zl * lse * lse, 0).astype(dt)
+            zrow = np.where(valid, np.where(np.isfinite(lse), zl * lse * lse, np.nan), 0).astype(dt)
             loss = (loss + zrow).astype(dt)
     return SimpleNamespace(x=x, shape=x.shape, axis=axis, row_shape=row_shape, c=c, dt=dt, z=z,
                            dz=dz, soft=soft, y=y, q=q, valid=valid, w=w, w_y=w_y, loss=loss,
@@ -359,10 +362,11 @@ def _reduce(loss, w_y, reduction, dt, sw):
         return dt.type(total / total_weight)
 
 
-def _finish(values, r, reduction):
-    """Reduce per-row ``values``, convert to the unit of ``base``, give "none" the target's shape."""
+def _finish(values, r, reduction, loss=True):
+    """Reduce per-row ``values`` (the loss, or the z-loss part: ``loss=False``), convert to the
+    unit of ``base``, give "none" the target's shape."""
     out = _reduce(values, r.w_y, reduction, r.dt, r.sw)
-    if r.c == 0 and r.eps and not r.soft and reduction != "none":
+    if loss and r.c == 0 and r.eps and not r.soft and reduction != "none":
         # torch scales the sum of the smoothing terms by eps / C = inf: NaN, even for no rows
         out = r.dt.type(np.nan)
     if r.log_base != 1.0:
@@ -400,7 +404,7 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
     r = _xent_rows(logits, target, weight, ignore_index, reduction, label_smoothing, axis,
                    z_loss, softcap, logit_scale, base, sample_weight)
     loss = _finish(r.loss, r, reduction)
-    return (loss, _finish(r.zrow, r, reduction)) if return_z_loss else loss
+    return (loss, _finish(r.zrow, r, reduction, loss=False)) if return_z_loss else loss
 
 
 def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
@@ -434,8 +438,8 @@ def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, r
                          f"16-bit logits, got {gdt}")
 
     g = np.asarray(grad_output, dtype=np.float64)
-    if g.ndim == 0:
-        scale = np.full(n, float(g))
+    if g.ndim == 0 or (g.size == 1 and reduction != "none"):
+        scale = np.full(n, float(g.reshape(())))
     elif reduction == "none" and g.shape == r.row_shape:
         scale = g.reshape(-1).copy()
     else:
@@ -479,7 +483,7 @@ def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, r
     grad = _unrows(grad, r.shape, r.axis).astype(gdt)
     result = (_finish(r.loss, r, reduction),)
     if return_z_loss:
-        result += (_finish(r.zrow, r, reduction),)
+        result += (_finish(r.zrow, r, reduction, loss=False),)
 
     if inplace:
         logits[...] = grad
@@ -530,7 +534,11 @@ def _xlogy(x, y):
 def _probs_and_q(p, q, axis):
     """(P, q, axis): targets as probabilities of q's shape (integer labels become one-hot)."""
     q = _as_float_array(q, "q")
+    if not -q.ndim <= axis < q.ndim:
+        raise ValueError(f"axis: {axis} is out of bounds for q of dimension {q.ndim}")
     axis = axis % q.ndim
+    if q.shape[axis] == 0:
+        raise ValueError("q: the class axis has length 0")
     p = np.asarray(p)
     if p.shape == q.shape:
         dt = np.result_type(q.dtype, p.dtype) if p.dtype.kind == "f" else q.dtype
@@ -544,6 +552,14 @@ def _probs_and_q(p, q, axis):
     P = np.zeros(q.shape, dtype=q.dtype)
     np.put_along_axis(P, np.expand_dims(p.astype(np.intp), axis), 1, axis=axis)
     return P, q, axis
+
+
+def _clip_eps(eps, dt):
+    """The lower clip of q: the machine epsilon of ``dt`` for None, else eps in [0, 1)."""
+    e = np.finfo(dt).eps if eps is None else float(eps)
+    if not 0.0 <= e < 1.0:
+        raise ValueError(f"eps: must be in [0, 1), got {eps!r}")
+    return e
 
 
 def _reduce_rows(rows, reduction, dt, sample_weight=None):
@@ -569,9 +585,10 @@ def cross_entropy_from_probs(p, q, *, eps=None, axis=-1, reduction="mean", base=
     _check_reduction(reduction)
     P, q, axis = _probs_and_q(p, q, axis)
     _check_nonneg(P, "p")
-    _check_nonneg(q, "q")
+    # with integer labels only the q entries they pick are read (and checked)
+    _check_nonneg(np.where(P > 0, q, 0) if np.shape(p) != q.shape else q, "q")
     dt = q.dtype
-    e = np.finfo(dt).eps if eps is None else eps
+    e = _clip_eps(eps, dt)
     qc = np.clip(q, dt.type(e), dt.type(1))
     rows = -np.sum(_xlogy(P, qc), axis=axis) * dt.type(_log_unit(base))
     return _reduce_rows(rows, reduction, dt, sample_weight)
@@ -585,7 +602,7 @@ def cross_entropy_from_probs_with_grad(p, q, *, eps=None, axis=-1, reduction="me
                                     sample_weight=sample_weight)
     P, q, axis = _probs_and_q(p, q, axis)
     dt = q.dtype
-    e = np.finfo(dt).eps if eps is None else eps
+    e = _clip_eps(eps, dt)
     g = np.asarray(grad_output, dtype=np.float64)
     s = g if (reduction == "none" and g.ndim) else float(g)
     s = np.expand_dims(s, axis) if np.ndim(s) else s
@@ -640,8 +657,10 @@ def kl_divergence(p, q, *, axis=-1, reduction="none", base=None, log_q=False, lo
 
 
 def perplexity(logits, target, *, base=None, **cross_entropy_kwargs):
-    """exp(mean cross-entropy in nats); ``base`` does not change it."""
+    """exp(mean cross-entropy in nats) (reduction "mean"), or of each row's ("none"); ``base``
+    does not change it."""
     _log_unit(base)
+    _check_reduction(cross_entropy_kwargs.get("reduction", "mean"), ("mean", "none"))
     loss = cross_entropy(logits, target, **cross_entropy_kwargs)
     with np.errstate(over="ignore"):
         return np.exp(loss)
