@@ -9,6 +9,8 @@ from ._lse_api import log_softmax, logsumexp, softmax
 from ._config import config, show_config
 from ._version import __version__
 from ._linear import linear_cross_entropy
+from ._binary_api import *  # noqa: F401,F403
+from ._binary_api import __all__ as _binary_all
 from ._probs_api import *  # noqa: F401,F403
 from ._probs_api import __all__ as _probs_all
 
@@ -23,4 +25,4 @@ __all__ = [
     "logsumexp",
     "show_config",
     "softmax",
-] + list(_probs_all)
+] + list(_binary_all) + list(_probs_all)

@@ -70,7 +70,31 @@ def num_threads(value):
     return 1 if _FORKED else n
 
 
+# Rows longer than FX_SEG (_rowmath.h) may be split over threads; the elementwise kernels of
+# _probs.pyx sum TILE elements per partial sum.
+_SEG = 65536
+_TILE = 16384
+
+
+def work_threads(value, work, rows, C):
+    """Thread count of a call: the OpenMP default or ``num_threads=value``, 1 for small inputs
+    (one block of rows, or for elementwise work (``rows`` None) one tile)."""
+    n = num_threads(value)
+    if rows is None:
+        return 1 if work <= _TILE else n
+    if rows <= rows_per_block(C) and not (rows < n and C > _SEG):
+        return 1
+    return n
+
+
 # ------------------------------------------------------------------ arrays
+def values_of(arr, shape):
+    """Per-row / per-element results: ``arr`` as an array of ``shape`` (a NumPy scalar for
+    shape ())."""
+    arr = arr.reshape(shape)
+    return arr[()] if arr.ndim == 0 else arr
+
+
 def as_array(obj, name="input"):
     """An ndarray view of ``obj``: DLPack producers (torch, JAX, CuPy on the CPU, ...) are read
     without a copy where they allow it, anything else goes through ``np.asarray``.  Objects
