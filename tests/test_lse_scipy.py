@@ -31,6 +31,9 @@ def test_empty_sum_is_minus_inf(lse):
     assert lse(np.array([]), axis=None) == -np.inf
     assert lse(np.zeros((3, 0)), axis=-1).tolist() == [-np.inf] * 3
     assert lse(np.zeros((0, 3)), axis=-1).shape == (0,)
+    # the sign of an empty sum is 0, as of any zero sum (SciPy says -1 for zero-size input)
+    assert lse(np.array([]), axis=None, return_sign=True) == (-np.inf, 0.0)
+    assert lse(np.array([-np.inf]), axis=None, return_sign=True) == (-np.inf, 0.0)
 
 
 @pytest.mark.parametrize("lse", LSE_FUNCS)

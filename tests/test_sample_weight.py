@@ -149,6 +149,8 @@ def test_zero_total_weight_gives_nan_mean(rng):
     x, t, _ = _case(rng)
     assert np.isnan(fastxent.cross_entropy(x, t, sample_weight=np.zeros(N)))
     assert fastxent.cross_entropy(x, t, sample_weight=np.zeros(N), reduction="sum") == 0.0
+    assert np.isnan(fastxent.cross_entropy_from_probs(t, sp.softmax(x, axis=1),
+                                                      sample_weight=np.zeros(N)))
 
 
 def test_bit_identical_for_any_thread_count(rng):
