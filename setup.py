@@ -114,7 +114,9 @@ def _extensions():
     )
     # one extension per kernel family: fastxent/_<family>.pyx
     sources = sorted(glob.glob(os.path.join("fastxent", "_*.pyx")))
-    exts = [Extension("fastxent." + os.path.basename(src)[:-4], [src], **common) for src in sources]
+    headers = sorted(glob.glob(os.path.join("fastxent", "*.h")))  # rebuild when a header changes
+    exts = [Extension("fastxent." + os.path.basename(src)[:-4], [src], depends=headers, **common)
+            for src in sources]
     return cythonize(
         exts,
         compiler_directives={

@@ -1,49 +1,52 @@
 """pytest-benchmark plumbing for bench/: the grid, inputs and machine figures.
 
-The grid (shapes x dtypes x ops x thread counts) and the implementations come from
-``fastxent._bench`` -- the same definitions ``fastxent bench`` uses -- so the two never drift.
-Only installed peers are parametrized.  Options:
+The grid (shapes x dtypes x ops x thread counts), the implementations and the ceilings come
+from ``fastxent._bench`` -- the same definitions ``fastxent bench`` uses -- so the two never
+drift.  Only installed peers are parametrized.  Options:
 
-    --xent-grid=quick|full   quick (default) or the whole grid (adds float64 and torch.compile)
-    --xent-impls=LIST        comma-separated subset, e.g. fastxent,torch
+    --xent-grid=quick|full|smoke   quick (default), the whole grid (adds float64 and
+                                   torch.compile), or tiny sizes (checks that everything runs)
+    --xent-impls=LIST              comma-separated subset, e.g. fastxent,torch
 """
 import gc
 
 import pytest
 
-from fastxent import _bench
+from fastxent._bench import ceilings, grid, machine, peers
 
 # Captured before any peer is imported: importing sklearn or torch sets KMP_* variables.
-_ENV_AT_START = _bench.env_overrides()
+_ENV_AT_START = machine.env_overrides()
 
 
 def pytest_addoption(parser):
     group = parser.getgroup("fastxent", "fastxent benchmark grid")
-    group.addoption("--xent-grid", choices=("quick", "full"), default="quick",
-                    help="benchmark grid: quick (default) or full")
+    group.addoption("--xent-grid", choices=grid.MODES, default="quick",
+                    help="benchmark grid: quick (default), full or smoke")
     group.addoption("--xent-impls", default=None, metavar="LIST",
                     help="comma-separated implementations (default: all installed); known: "
-                         + ", ".join(_bench.impl_names()))
+                         + ", ".join(peers.impl_names()))
 
 
 def pytest_generate_tests(metafunc):
     if "xent_case" not in metafunc.fixturenames:
         return
-    full = metafunc.config.getoption("--xent-grid") == "full"
+    mode = metafunc.config.getoption("--xent-grid")
     try:
-        impls = _bench.select_impls(full, metafunc.config.getoption("--xent-impls"),
-                                    option="--xent-impls")
-    except _bench.BenchError as exc:
+        impls = peers.select_impls(mode == "full", metafunc.config.getoption("--xent-impls"),
+                                   option="--xent-impls")
+    except grid.BenchError as exc:
         raise pytest.UsageError(str(exc)) from None
     params = [pytest.param(case, impl, id=f"{case.id}-{impl.name}")
-              for case in _bench.grid(full) for impl in impls if impl.supports(case)]
+              for case in grid.grid(mode) for impl in impls if impl.supports(case)]
     metafunc.parametrize(("xent_case", "xent_impl"), params)
 
 
 @pytest.fixture(scope="session")
-def xent_bandwidth():
-    """Measured memory bandwidth (GB/s, read and copy) at the grid's thread counts."""
-    return _bench.measure_bandwidth(_bench.thread_levels())
+def xent_ceilings(pytestconfig):
+    """The machine's two ceilings (DRAM read bandwidth, fastxent's exp rate per dtype) at the
+    grid's thread counts."""
+    mode = pytestconfig.getoption("--xent-grid")
+    return ceilings.measure(grid.DTYPES[mode], grid.thread_levels(), mode)
 
 
 @pytest.fixture(scope="session")
@@ -61,12 +64,12 @@ def xent_inputs(xent_case, _xent_data_cache):
     if key not in _xent_data_cache:
         _xent_data_cache.clear()
         gc.collect()
-        _xent_data_cache[key] = _bench.Inputs(*key)
+        _xent_data_cache[key] = grid.Inputs(*key)
     return _xent_data_cache[key]
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
-    info = _bench.machine_info()
+    info = machine.machine_info()
     machine_info["fastxent_usable_cpus"] = info["usable_cpus"]
     machine_info["fastxent_env"] = _ENV_AT_START
     machine_info["fastxent_versions"] = info["versions"]

@@ -4,7 +4,7 @@ Layers (one direction): ``_rowmath`` (row numerics, the only log-sum-exp) -> ``_
 (Cython + OpenMP array kernels) -> ``_api`` (validation and dispatch) -> this package.
 ``fastxent.reference`` holds the same functions in plain NumPy: the ground truth.
 """
-from ._api import cross_entropy, cross_entropy_with_grad
+from ._api import cross_entropy, cross_entropy_with_grad, nll_loss, nll_loss_with_grad
 from ._lse_api import log_softmax, logsumexp, softmax
 from ._config import config, show_config
 from ._version import __version__
@@ -23,6 +23,8 @@ __all__ = [
     "linear_cross_entropy",
     "log_softmax",
     "logsumexp",
+    "nll_loss",
+    "nll_loss_with_grad",
     "show_config",
     "softmax",
 ] + list(_binary_all) + list(_probs_all)

@@ -20,27 +20,29 @@ from ._docs import fill
 __all__ = [
     "cross_entropy",
     "cross_entropy_with_grad",
+    "nll_loss",
+    "nll_loss_with_grad",
 ]
 
 
-def _grad_buffer(x, logits, out, inplace, gdt, others):
+def _grad_buffer(x, logits, out, inplace, gdt, others, name="logits"):
     if inplace:
         if out is not None:
             raise ValueError("out: cannot be combined with inplace=True")
         if not isinstance(logits, np.ndarray):
-            raise TypeError(f"logits: inplace=True needs a NumPy array, got {type(logits).__name__}")
+            raise TypeError(f"{name}: inplace=True needs a NumPy array, got {type(logits).__name__}")
         if x is not logits:
-            raise ValueError("logits: inplace=True needs an aligned float array the kernels "
+            raise ValueError(f"{name}: inplace=True needs an aligned float array the kernels "
                              "can write (float32, float64, float16 or bfloat16)")
         if gdt != x.dtype:
-            raise ValueError(f"grad_dtype: inplace=True writes the logits' own dtype {x.dtype}")
+            raise ValueError(f"grad_dtype: inplace=True writes the {name}' own dtype {x.dtype}")
         if not logits.flags.writeable:
-            raise ValueError("logits: inplace=True but the array is read-only")
-        check.check_no_overlap(logits, "logits", others)
+            raise ValueError(f"{name}: inplace=True but the array is read-only")
+        check.check_no_overlap(logits, name, others)
         return logits
     if out is None:
         return np.empty_like(x, dtype=gdt) if x.ndim == 2 else np.empty(x.shape, dtype=gdt)
-    return check.check_out(out, x.shape, gdt, others=[(x, "logits")] + others, what="gradient")
+    return check.check_out(out, x.shape, gdt, others=[(x, name)] + others, what="gradient")
 
 
 def _grad_dtype(grad_dtype, dt):
@@ -103,17 +105,19 @@ def _weighted_count(sw, t, w, ignore_index, C):
 
 def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing, num_threads,
                    axis, z_loss, softcap, logit_scale, base, return_z_loss, with_grad,
-                   grad_output=1.0, out=None, inplace=False, grad_dtype=None, sample_weight=None):
-    x = check.logits_array(logits)
+                   grad_output=1.0, out=None, inplace=False, grad_dtype=None, focal_gamma=0.0,
+                   log_probs=False, sample_weight=None):
+    xname = "log_probs" if log_probs else "logits"          # the input's name in errors
+    x = check.logits_array(logits, xname)
     nd = x.ndim
     if nd < 1:
-        raise ValueError("logits: expected at least 1 dimension ((C,), (N, C) or (N, C, ...)), "
+        raise ValueError(f"{xname}: expected at least 1 dimension ((C,), (N, C) or (N, C, ...)), "
                          "got a scalar")
     if type(axis) is not int or not -nd <= axis < nd:
         if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
             raise TypeError(f"axis: expected an int, got {type(axis).__name__}")
         if not -nd <= axis < nd:
-            raise ValueError(f"axis: {axis} is out of bounds for logits of dimension {nd}")
+            raise ValueError(f"axis: {axis} is out of bounds for {xname} of dimension {nd}")
     axis = int(axis) % nd
     C = x.shape[axis]
     if nd == 2 and axis == 1:
@@ -135,6 +139,8 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
     cap, scale = (0.0, 1.0) if softcap is None and type(logit_scale) is float and logit_scale == 1.0 else \
         check.logit_transform(softcap, logit_scale)
     lscale = 1.0 if base is None else check.log_base_scale(base)
+    gamma = focal_gamma if type(focal_gamma) is float and focal_gamma == 0.0 else \
+        check.nonneg_float(focal_gamma, "focal_gamma")
     rpb = check.rows_per_block(C)
     if return_z_loss is not False:
         return_z_loss = check.flag(return_z_loss, "return_z_loss")
@@ -147,6 +153,11 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
     tgt = target if type(target) is np.ndarray else check.as_array(target, "target")
     kind = tgt.dtype.kind
     soft = kind == "f" or (kind == "V" and check.is_bf16(tgt.dtype))
+    if soft and log_probs:
+        raise TypeError(f"target: expected integer class labels, got dtype {tgt.dtype}")
+    if gamma != 0.0 and (soft or eps != 0.0):
+        raise ValueError("focal_gamma: the focal loss needs integer class labels and no "
+                         "label_smoothing")
     t: Any                                  # labels (None for soft targets)
     if soft:
         t, probs = None, _soft_targets(tgt, x, axis, C, kdt)
@@ -154,7 +165,7 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
         probs = None
         t = tgt if (tgt.dtype is check.I64 or tgt.dtype is check.I32) and tgt.ndim == 1 and tgt.shape == row_shape \
             else check.labels(tgt, C, ignore_index, row_shape)
-    xv = x if nd == 2 and axis == 1 else check.rows_of(x, axis, C, "logits", inplace)
+    xv = x if nd == 2 and axis == 1 else check.rows_of(x, axis, C, xname, inplace)
 
     grad = gv = None
     gscale, row_scale = 1.0, None
@@ -167,7 +178,7 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
             row_scale = sw if row_scale is None else row_scale * sw
         gscale *= lscale
         grad = _grad_buffer(x, logits, out, inplace, gdt,
-                            [(target, "target"), (weight, "weight")])
+                            [(target, "target"), (weight, "weight")], xname)
         gv = xv if grad is x else check.rows_of(grad, axis, C, "out", True)
         if soft:
             wsum = float(N)
@@ -192,9 +203,10 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
     if C == 0:
         total, ztotal, wsum, bad = _no_classes(N, t, ignore_index, eps, zl, loss_rows, z_rows)
     else:
-        total, ztotal, wsum, bad = _kernels.xent.xent(xv, t, probs, w, W, ignore_index, eps, zl, scale, cap,
-                                          lscale, gscale, row_scale, loss_rows, z_rows, gv,
-                                          rpb, n_threads)
+        total, ztotal, wsum, bad = _kernels.xent.xent(
+            xv, t, probs, w, W, ignore_index, eps, zl, gamma,
+            _kernels.xent.INPUT_LOGPROBS if log_probs else _kernels.xent.INPUT_LOGITS, scale, cap,
+            lscale, gscale, row_scale, loss_rows, z_rows, gv, rpb, n_threads)
     if bad >= 0:
         check.raise_bad_label(t, bad, C, ignore_index)
     if return_z_loss and zl == 0.0:
@@ -216,10 +228,13 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
         zterm = z_rows.reshape(row_shape)[()] if return_z_loss else None
     else:
         if reduction == "mean":
-            # as torch: 0/0 when no non-ignored row has weight (also with label smoothing,
-            # whose torch mean is nan then since its nll part is 0/0)
-            total = total / wsum if wsum != 0.0 else math.nan
-            ztotal = ztotal / wsum if wsum != 0.0 else math.nan
+            # as torch: sum / sum of the weights, IEEE (x/0 = +-inf, 0/0 = nan: no row left, or
+            # weights that cancel); with label smoothing torch divides its nll part (0 there)
+            # separately, so the mean is nan whenever the weights sum to 0
+            if wsum == 0.0 and (eps != 0.0 or soft):
+                total = ztotal = math.nan
+            else:
+                total, ztotal = check.div(total, wsum), check.div(ztotal, wsum)
         loss = kdt.type(total * lscale)
         zterm = kdt.type(ztotal * lscale)
     if with_grad:
@@ -232,7 +247,8 @@ def cross_entropy(logits: Any, target: Any, *, weight: Any = None, ignore_index:
                   reduction: str = "mean", label_smoothing: float = 0.0, axis: int = -1,
                   z_loss: float = 0.0, softcap: float | None = None, logit_scale: float = 1.0,
                   base: float | None = None, return_z_loss: bool = False,
-                  sample_weight: Any = None, num_threads: int | None = None) -> Any:
+                  focal_gamma: float = 0.0, sample_weight: Any = None,
+                  num_threads: int | None = None) -> Any:
     """Cross-entropy between ``softmax(logits)`` and the targets.
 
     The semantics of ``torch.nn.functional.cross_entropy`` (class weights, ``ignore_index``,
@@ -271,6 +287,10 @@ def cross_entropy(logits: Any, target: Any, *, weight: Any = None, ignore_index:
     %(base)s
     return_z_loss : bool, default False
         Also return the z-loss part, reduced like the loss.
+    focal_gamma : float, default 0.0
+        The focal loss of Lin et al. (2017), multi-class form: ``-(1 - p_y)**gamma log p_y``
+        per row (times ``weight[y]``; "mean" divides by the same weights as the
+        cross-entropy); integer labels only, without label smoothing; 0 is the cross-entropy.
     sample_weight : array_like, optional
         One finite real weight per row (the target's shape for hard labels): row i's loss is
         multiplied by ``sample_weight[i]``, and "mean" becomes the weighted mean
@@ -311,7 +331,7 @@ def cross_entropy(logits: Any, target: Any, *, weight: Any = None, ignore_index:
     """
     return _cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing,
                           num_threads, axis, z_loss, softcap, logit_scale, base, return_z_loss,
-                          False, sample_weight=sample_weight)
+                          False, focal_gamma=focal_gamma, sample_weight=sample_weight)
 
 
 @fill
@@ -322,14 +342,14 @@ def cross_entropy_with_grad(logits: Any, target: Any, *, weight: Any = None,
                             base: float | None = None, return_z_loss: bool = False,
                             grad_output: Any = 1.0, out: np.ndarray | None = None,
                             inplace: bool = False, grad_dtype: Any = None,
-                            sample_weight: Any = None,
+                            focal_gamma: float = 0.0, sample_weight: Any = None,
                             num_threads: int | None = None) -> tuple[Any, ...]:
     """The loss of :func:`cross_entropy` and its gradient, in one fused pass over the logits.
 
     Parameters
     ----------
     logits, target, weight, ignore_index, reduction, label_smoothing, axis, z_loss, softcap, \
-logit_scale, base, return_z_loss, num_threads
+logit_scale, base, return_z_loss, focal_gamma, num_threads
         As :func:`cross_entropy`.
     grad_output : float or array_like, default 1.0
         The gradient of whatever follows the loss: the result is d(loss)/d(logits) times it.
@@ -377,4 +397,104 @@ logit_scale, base, return_z_loss, num_threads
     """
     return _cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing,
                           num_threads, axis, z_loss, softcap, logit_scale, base, return_z_loss,
-                          True, grad_output, out, inplace, grad_dtype, sample_weight)
+                          True, grad_output, out, inplace, grad_dtype, focal_gamma,
+                          sample_weight=sample_weight)
+
+
+@fill
+def nll_loss(log_probs: Any, target: Any, *, weight: Any = None, ignore_index: int = -100,
+             reduction: str = "mean", axis: int = -1, base: float | None = None,
+             sample_weight: Any = None, num_threads: int | None = None) -> Any:
+    """Negative log-likelihood of log-probabilities, as ``torch.nn.functional.nll_loss``.
+
+    ``-w[y] * log_probs[y]`` per row: no softmax is taken (the input is usually the output of
+    :func:`log_softmax`).
+
+    Parameters
+    ----------
+    log_probs : array_like
+        float32 or float64 (16-bit floats are computed in float32) of shape (N, C), (C,) (one
+        unbatched row, with a scalar target) or N-D with the class axis ``axis`` (PyTorch's
+        (N, C, d1, ...) layout is ``axis=1``).
+    target : array_like
+        Integer class labels of the input's shape without the class axis.
+    weight, ignore_index, reduction, axis
+        As :func:`cross_entropy` ("mean" divides by the sum of ``w[y]`` over the rows that are
+        not ignored).
+    %(base)s
+    sample_weight : array_like, optional
+        One finite weight per row: row i's loss is multiplied by ``sample_weight[i]``, and
+        "mean" is ``sum(s_i * loss_i) / sum(s_i * weight[y_i])`` over the rows that are not
+        ignored.
+    %(num_threads)s
+
+    Returns
+    -------
+    numpy scalar or numpy.ndarray
+        As :func:`cross_entropy`.
+
+    Raises
+    ------
+    TypeError
+        An argument of the wrong type or dtype (soft targets included).
+    ValueError
+        A wrong shape, a label outside [0, C) that is not ``ignore_index``, or an option out of
+        range.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastxent
+    >>> log_probs = np.log(np.array([[0.5, 0.25, 0.25], [0.1, 0.1, 0.8]]))
+    >>> fastxent.nll_loss(log_probs, np.array([0, 2]), reduction="none")
+    array([0.69314718, 0.22314355])
+    """
+    return _cross_entropy(log_probs, target, weight, ignore_index, reduction, 0.0, num_threads,
+                          axis, 0.0, None, 1.0, base, False, False, log_probs=True,
+                          sample_weight=sample_weight)
+
+
+@fill
+def nll_loss_with_grad(log_probs: Any, target: Any, *, weight: Any = None,
+                       ignore_index: int = -100, reduction: str = "mean", axis: int = -1,
+                       base: float | None = None, grad_output: Any = 1.0,
+                       out: np.ndarray | None = None, inplace: bool = False,
+                       sample_weight: Any = None,
+                       num_threads: int | None = None) -> tuple[Any, np.ndarray]:
+    """:func:`nll_loss` and its gradient with respect to ``log_probs``.
+
+    The gradient is ``-w[y] * grad_output`` (times ``sample_weight[i]``, divided by the
+    denominator of "mean") at each row's label and 0 elsewhere.
+
+    Parameters
+    ----------
+    log_probs, target, weight, ignore_index, reduction, axis, base, sample_weight, num_threads
+        As :func:`nll_loss`.
+    grad_output, out, inplace
+        As :func:`cross_entropy_with_grad`.
+
+    Returns
+    -------
+    loss : numpy scalar or numpy.ndarray
+        As :func:`nll_loss`.
+    grad : numpy.ndarray
+        d(loss)/d(log_probs), of the input's shape (``out`` or ``log_probs`` itself when given).
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`nll_loss`, and for a bad ``out``, ``inplace`` or ``grad_output``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastxent
+    >>> log_probs = np.log(np.array([[0.5, 0.25, 0.25], [0.1, 0.1, 0.8]]))
+    >>> loss, grad = fastxent.nll_loss_with_grad(log_probs, np.array([0, 2]))
+    >>> grad + 0.0                                # (+ 0.0: no negative zeros in the print)
+    array([[-0.5,  0. ,  0. ],
+           [ 0. ,  0. , -0.5]])
+    """
+    return _cross_entropy(log_probs, target, weight, ignore_index, reduction, 0.0, num_threads,
+                          axis, 0.0, None, 1.0, base, False, True, grad_output, out, inplace,
+                          None, log_probs=True, sample_weight=sample_weight)

@@ -19,8 +19,6 @@ from ._docs import fill
 
 __all__ = ["logsumexp", "log_softmax", "softmax"]
 
-_MODE_LSE, _MODE_LOG_SOFTMAX, _MODE_SOFTMAX = 0, 1, 2
-
 
 def _input(x: Any) -> np.ndarray:
     """``x`` as a float32/float64 array (16-bit floats converted to float32)."""
@@ -57,8 +55,8 @@ def _lse_rows(a: np.ndarray, axes: tuple[int, ...], n_threads: int) -> np.ndarra
     if rows.shape[1] == 0:
         out.fill(-np.inf)               # the log of an empty sum
     else:
-        _kernels.xent.lse_family(rows, _MODE_LSE, out, None, check.rows_per_block(rows.shape[1]),
-                                 n_threads)
+        _kernels.xent.lse_family(rows, _kernels.xent.LSE_LOGSUMEXP, out, None,
+                                 check.rows_per_block(rows.shape[1]), n_threads)
     return out.reshape(moved[:a.ndim - len(axes)])
 
 
@@ -226,7 +224,7 @@ def log_softmax(x: Any, axis: Any = -1, *, num_threads: int | None = None) -> An
     array([[-1.38629436, -1.38629436],
            [-1.38629436, -1.38629436]])
     """
-    return _softmax_like(x, axis, num_threads, _MODE_LOG_SOFTMAX)
+    return _softmax_like(x, axis, num_threads, _kernels.xent.LSE_LOG_SOFTMAX)
 
 
 @fill
@@ -260,4 +258,4 @@ def softmax(x: Any, axis: Any = -1, *, num_threads: int | None = None) -> Any:
     >>> fastxent.softmax(np.array([0.0, np.log(3.0), -np.inf]))
     array([0.25, 0.75, 0.  ])
     """
-    return _softmax_like(x, axis, num_threads, _MODE_SOFTMAX)
+    return _softmax_like(x, axis, num_threads, _kernels.xent.LSE_SOFTMAX)

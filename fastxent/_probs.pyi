@@ -8,6 +8,8 @@ OP_ENTROPY: int
 OP_KL: int
 OP_BCE: int
 OP_BCE_LOGITS: int
+KL_LOG_Q: int               # rows' mode bits for OP_KL: q / p hold log-probabilities
+KL_LOG_P: int
 
 _OptArray = np.ndarray | None
 # an operand of the elementwise kernel: (array whose data pointer is element (0, 0), byte

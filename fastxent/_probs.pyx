@@ -1,8 +1,7 @@
 # cython: language_level=3
 """Layer 2 of fastxent: the probability-space kernels of the cross-entropy family.
 
-    _rowmath.h / _rowmath.pxd   element functions and chunk loops        <- layer 1
-                                ("probability family" section)
+    fx_probs.h / _rowmath.pxd   element functions and chunk loops        <- layer 1
     _probs.pyx (this file)      array kernels: rows / tiles -> threads   <- layer 2
     _probs_api.py               validation, dtype/layout/threads, output <- layer 3
     __init__.py                 the public names                         <- layer 4
@@ -34,14 +33,16 @@ from libc.math cimport fabs, NAN
 
 cimport numpy as cnp
 
-from fastxent._views cimport Arr, _arr, _row, _neumaier, _finish
+from fastxent._views cimport view_of, grid_of, data_of, rows_of
 
-from fastxent._rowmath cimport (FX_SEG, fx_xlogq_terms_f32, fx_xlogq_terms_f64, fx_xlogq_grad_f32,
-                                fx_xlogq_grad_f64, fx_xlogx_terms_f32, fx_xlogx_terms_f64,
-                                fx_kl_terms_f32, fx_kl_terms_f64, fx_dsum, fx_pfill_f32,
-                                fx_pfill_f64, fx_bce_f32, fx_bce_f64, fx_bce_grad_f32,
-                                fx_bce_grad_f64, fx_bcel_f32, fx_bcel_f64, fx_bcel_grad_f32,
-                                fx_bcel_grad_f64)
+from fastxent._rowmath cimport (
+    fx_view, fx_row, fx_neumaier, fx_neumaier_result, FX_SEG, fx_xlogq_terms_f32,
+    fx_xlogq_terms_f64, fx_xlogq_grad_f32, fx_xlogq_grad_f64, fx_xlogx_terms_f32,
+    fx_xlogx_terms_f64, fx_kl_terms_f32, fx_kl_terms_f64, fx_dsum, fx_fill_f32, fx_fill_f64,
+    fx_bce_f32, fx_bce_f64, fx_bce_grad_f32, fx_bce_grad_f64, fx_bcel_f32, fx_bcel_f64,
+    fx_bcel_grad_f32, fx_bcel_grad_f64, fx_gather_f32, fx_gather_f64, fx_scatter_f32,
+    fx_scatter_f64, FX_ROW_XENT, FX_ROW_ENTROPY, FX_ROW_KL, FX_BIN_PROBS, FX_BIN_LOGITS,
+    FX_KL_LOG_Q, FX_KL_LOG_P)
 
 cnp.import_array()
 
@@ -50,31 +51,27 @@ cdef enum:
     CHUNK = 512         # elements per chunk of the elementwise kernels (buffers stay in L1)
     TILE = 16384        # elements per partial sum of the elementwise kernels
 
-cdef enum:
-    K_XENT = 0
-    K_ENTROPY = 1
-    K_KL = 2
-    K_BCE = 0
-    K_BCE_LOGITS = 1
 
 # the ``op`` codes of ``rows`` and ``binary``, for the API layer
-OP_XENT = K_XENT
-OP_ENTROPY = K_ENTROPY
-OP_KL = K_KL
-OP_BCE = K_BCE
-OP_BCE_LOGITS = K_BCE_LOGITS
+OP_XENT = FX_ROW_XENT
+OP_ENTROPY = FX_ROW_ENTROPY
+OP_KL = FX_ROW_KL
+OP_BCE = FX_BIN_PROBS
+OP_BCE_LOGITS = FX_BIN_LOGITS
+KL_LOG_Q = FX_KL_LOG_Q
+KL_LOG_P = FX_KL_LOG_P
 
 
 # ------------------------------------------------------------------ fused-type names
 cdef inline void _terms(int op, int mode, const floating *p, const floating *q, Py_ssize_t n,
                         double lo, double hi, double *t, int *bad) noexcept nogil:
     """t[i] = the row loss's term of element i (see _rowmath.h), invalid inputs flagged."""
-    if op == K_ENTROPY:
+    if op == FX_ROW_ENTROPY:
         if floating is float:
             fx_xlogx_terms_f32(p, n, t, bad)
         else:
             fx_xlogx_terms_f64(p, n, t, bad)
-    elif op == K_KL:
+    elif op == FX_ROW_KL:
         if floating is float:
             fx_kl_terms_f32(p, q, n, mode, t, bad)
         else:
@@ -96,37 +93,36 @@ cdef inline void _xlogq_grad(const floating *p, const floating *q, Py_ssize_t n,
 
 cdef inline void _fill(floating *y, Py_ssize_t n, floating v) noexcept nogil:
     if floating is float:
-        fx_pfill_f32(y, n, v)
+        fx_fill_f32(y, n, v)
     else:
-        fx_pfill_f64(y, n, v)
+        fx_fill_f64(y, n, v)
 
 
-# ------------------------------------------------------------------ strided access
 cdef inline void _gather(const char *src, Py_ssize_t stride, Py_ssize_t n,
                          floating *buf) noexcept nogil:
-    cdef Py_ssize_t j
-    for j in range(n):
-        buf[j] = (<const floating *>(src + j * stride))[0]
+    if floating is float:
+        fx_gather_f32(src, stride, n, buf)
+    else:
+        fx_gather_f64(src, stride, n, buf)
 
 
 cdef inline void _scatter(const floating *buf, Py_ssize_t n, char *dst,
                           Py_ssize_t stride) noexcept nogil:
-    cdef Py_ssize_t j
-    for j in range(n):
-        (<floating *>(dst + j * stride))[0] = buf[j]
-
-
+    if floating is float:
+        fx_scatter_f32(buf, n, dst, stride)
+    else:
+        fx_scatter_f64(buf, n, dst, stride)
 
 
 # ------------------------------------------------------------------ row kernels
 cdef struct RowArgs:
-    Arr p              # targets / the distribution (base NULL: integer labels in t)
-    Arr q              # predictions (entropy: unused)
-    Arr g              # gradient out (cross-entropy only), base NULL: none
+    fx_view p            # targets / the distribution (base NULL: integer labels in t)
+    fx_view q          # predictions (entropy: unused)
+    fx_view g          # gradient out (cross-entropy only), base NULL: none
     char *t             # integer labels (N,), contiguous, or NULL
     bint t64            # labels are int64 (else int32)
     Py_ssize_t N, C
-    int op              # K_XENT, K_ENTROPY, K_KL
+    int op              # FX_ROW_XENT, FX_ROW_ENTROPY, FX_ROW_KL
     int mode            # KL: bit 1 q holds log q, bit 2 p holds log p
     double lo, hi       # cross-entropy: q is clipped to [lo, hi]
     double sign         # row value = sign * sum of the terms (-1: cross-entropy, entropy)
@@ -145,19 +141,19 @@ cdef inline double _gs(const RowArgs *A, Py_ssize_t i) noexcept nogil:
     return A.gscale * (A.row_scale[i] if A.row_scale != NULL else 1.0)
 
 
-cdef inline bint _flat(const Arr *a, Py_ssize_t R, Py_ssize_t C, Py_ssize_t isz) noexcept nogil:
+cdef inline bint _flat(const fx_view *a, Py_ssize_t R, Py_ssize_t C, Py_ssize_t isz) noexcept nogil:
     """R rows from one row on are one contiguous run of R * C elements."""
     return a.cs == isz and (R == 1 or (a.D == 1 and a.s0 == C * isz))
 
 
-cdef inline const floating *_rows_in(const Arr *a, Py_ssize_t r, Py_ssize_t R, Py_ssize_t C,
+cdef inline const floating *_rows_in(const fx_view *a, Py_ssize_t r, Py_ssize_t R, Py_ssize_t C,
                                      floating *buf) noexcept nogil:
     """Rows r .. r+R-1 as one contiguous run (in place, or gathered into buf)."""
     cdef Py_ssize_t j
     if _flat(a, R, C, sizeof(floating)):
-        return <const floating *>_row(a, r)
+        return <const floating *>fx_row(a, r)
     for j in range(R):
-        _gather(_row(a, r + j), a.cs, C, buf + j * C)
+        _gather(fx_row(a, r + j), a.cs, C, buf + j * C)
     return buf
 
 
@@ -174,7 +170,7 @@ cdef double _short_rows(const RowArgs *A, Py_ssize_t lo, Py_ssize_t hi, floating
         R = min(G, hi - r)
         n = R * C
         pp = _rows_in(&A.p, r, R, C, pb)
-        if A.op != K_ENTROPY:
+        if A.op != FX_ROW_ENTROPY:
             qp = _rows_in(&A.q, r, R, C, qb)
         _terms(A.op, A.mode, pp, qp, n, A.lo, A.hi, tb, bad)
         for j in range(R):
@@ -182,7 +178,7 @@ cdef double _short_rows(const RowArgs *A, Py_ssize_t lo, Py_ssize_t hi, floating
             acc += v
             _emit(A, r + j, v, pb)
         if A.g.base != NULL:
-            gp = <floating *>_row(&A.g, r) if _flat(&A.g, R, C, sizeof(floating)) else gb
+            gp = <floating *>fx_row(&A.g, r) if _flat(&A.g, R, C, sizeof(floating)) else gb
             if A.row_scale == NULL:
                 _xlogq_grad(pp, qp, n, A.lo, A.hi, -A.gscale, gp)
             else:
@@ -190,7 +186,7 @@ cdef double _short_rows(const RowArgs *A, Py_ssize_t lo, Py_ssize_t hi, floating
                     _xlogq_grad(pp + j * C, qp + j * C, C, A.lo, A.hi, -_gs(A, r + j), gp + j * C)
             if gp == gb:
                 for j in range(R):
-                    _scatter(gb + j * C, C, _row(&A.g, r + j), A.g.cs)
+                    _scatter(gb + j * C, C, fx_row(&A.g, r + j), A.g.cs)
         r += R
     return acc
 
@@ -209,15 +205,15 @@ cdef double _long_part(const RowArgs *A, Py_ssize_t i, Py_ssize_t k0, Py_ssize_t
     while k < k1:
         n = min(<Py_ssize_t>RCH, k1 - k)
         if A.p.cs == sizeof(floating):
-            pp = <const floating *>(_row(&A.p, i) + k * A.p.cs)
+            pp = <const floating *>(fx_row(&A.p, i) + k * A.p.cs)
         else:
-            _gather(_row(&A.p, i) + k * A.p.cs, A.p.cs, n, pb)
+            _gather(fx_row(&A.p, i) + k * A.p.cs, A.p.cs, n, pb)
             pp = pb
-        if A.op != K_ENTROPY:
+        if A.op != FX_ROW_ENTROPY:
             if A.q.cs == sizeof(floating):
-                qp = <const floating *>(_row(&A.q, i) + k * A.q.cs)
+                qp = <const floating *>(fx_row(&A.q, i) + k * A.q.cs)
             else:
-                _gather(_row(&A.q, i) + k * A.q.cs, A.q.cs, n, qb)
+                _gather(fx_row(&A.q, i) + k * A.q.cs, A.q.cs, n, qb)
                 qp = qb
         _terms(A.op, A.mode, pp, qp, n, A.lo, A.hi, tb, bad)
         s = fx_dsum(tb, n)
@@ -225,7 +221,7 @@ cdef double _long_part(const RowArgs *A, Py_ssize_t i, Py_ssize_t k0, Py_ssize_t
             slots[j] = s
         acc += s
         if A.g.base != NULL:
-            gdst = _row(&A.g, i) + k * A.g.cs
+            gdst = fx_row(&A.g, i) + k * A.g.cs
             gp = <floating *>gdst if A.g.cs == sizeof(floating) else gb
             _xlogq_grad(pp, qp, n, A.lo, A.hi, -_gs(A, i), gp)
             if gp == gb:
@@ -250,18 +246,18 @@ cdef double _label_rows(const RowArgs *A, Py_ssize_t lo, Py_ssize_t hi, floating
             y = <Py_ssize_t>(<const int64_t *>A.t)[r + j] if A.t64 else \
                 <Py_ssize_t>(<const int32_t *>A.t)[r + j]
             if 0 <= y < C:
-                qb[j] = (<const floating *>(_row(&A.q, r + j) + y * A.q.cs))[0]
+                qb[j] = (<const floating *>(fx_row(&A.q, r + j) + y * A.q.cs))[0]
             else:
                 bad[0] = 1
                 qb[j] = <floating>NAN
-        _terms(K_XENT, 0, pb, qb, R, A.lo, A.hi, tb, bad)
+        _terms(FX_ROW_XENT, 0, pb, qb, R, A.lo, A.hi, tb, bad)
         for j in range(R):
             v = -tb[j]
             acc += v
             _emit(A, r + j, v, pb)
         if A.g.base != NULL:
             for j in range(R):
-                grow = _row(&A.g, r + j)
+                grow = fx_row(&A.g, r + j)
                 if A.g.cs == sizeof(floating):
                     _fill(<floating *>grow, C, <floating>0)
                 else:
@@ -315,7 +311,7 @@ cdef tuple _rows_run(const RowArgs *A, Py_ssize_t rows_per_block, int n_threads,
         return 0.0, 0
     split = (n_threads > 1 and N < n_threads and C > FX_SEG and A.t == NULL
              and A.p.cs == sizeof(floating)
-             and (A.op == K_ENTROPY or A.q.cs == sizeof(floating))
+             and (A.op == FX_ROW_ENTROPY or A.q.cs == sizeof(floating))
              and (A.g.base == NULL or A.g.cs == sizeof(floating)))
     if split:
         nseg = (C + FX_SEG - 1) // FX_SEG
@@ -349,7 +345,7 @@ cdef tuple _rows_run(const RowArgs *A, Py_ssize_t rows_per_block, int n_threads,
                 v = A.sign * v
                 for k in range(nseg):
                     bad |= bads[k]
-                _neumaier(&total, &comp, v)
+                fx_neumaier(&total, &comp, v)
                 _emit(A, i, v, dummy)
         else:
             if n_threads <= 1 or nb == 1:
@@ -364,7 +360,7 @@ cdef tuple _rows_run(const RowArgs *A, Py_ssize_t rows_per_block, int n_threads,
                     hi = min(lo + rows_per_block, N)
                     _rows_block(A, lo, hi, &parts[b], &bads[b], dummy)
             for b in range(nb):
-                _neumaier(&total, &comp, parts[b])
+                fx_neumaier(&total, &comp, parts[b])
                 bad |= bads[b]
     free(parts)
     free(bads)
@@ -372,7 +368,7 @@ cdef tuple _rows_run(const RowArgs *A, Py_ssize_t rows_per_block, int n_threads,
     free(tbufs)
     if bad & 2:
         raise MemoryError()
-    return _finish(total, comp), bad
+    return fx_neumaier_result(total, comp), bad
 
 
 def rows(p, q, grad_out, labels, int op, int mode, double lo, double hi, double gscale, row_scale,
@@ -389,9 +385,9 @@ def rows(p, q, grad_out, labels, int op, int mode, double lo, double hi, double 
     outside [0, C))."""
     cdef RowArgs A
     cdef cnp.ndarray ref = <cnp.ndarray>(q if q is not None else p)
-    A.p = _arr(p)
-    A.q = _arr(q)
-    A.g = _arr(grad_out)
+    A.p = view_of(p)
+    A.q = view_of(q)
+    A.g = view_of(grad_out)
     A.t = NULL if labels is None else <char *>cnp.PyArray_DATA(<cnp.ndarray>labels)
     A.t64 = labels is not None and cnp.PyArray_TYPE(<cnp.ndarray>labels) == cnp.NPY_INT64
     A.N = cnp.PyArray_DIM(ref, 0)
@@ -402,7 +398,7 @@ def rows(p, q, grad_out, labels, int op, int mode, double lo, double hi, double 
     A.mode = mode
     A.lo = lo
     A.hi = hi
-    A.sign = 1.0 if op == K_KL else -1.0
+    A.sign = 1.0 if op == FX_ROW_KL else -1.0
     A.gscale = gscale
     A.row_scale = (NULL if row_scale is None
                    else <const double *>cnp.PyArray_DATA(<cnp.ndarray>row_scale))
@@ -414,43 +410,25 @@ def rows(p, q, grad_out, labels, int op, int mode, double lo, double hi, double 
 
 
 # ------------------------------------------------------------------ elementwise kernels
-cdef struct EArr:
-    char *base          # element (0, 0); NULL: operand absent
-    Py_ssize_t s0, s1   # strides of the (R, K) view, bytes
-
-
 cdef struct BinArgs:
-    EArr x              # probabilities / logits
-    EArr y              # targets
-    EArr w              # weight (broadcast), or absent
-    EArr pw             # pos_weight (broadcast, logits only), or absent
-    EArr go             # per-element grad_output (broadcast), or absent
-    EArr g              # gradient out, or absent (may be x itself)
+    fx_view x              # probabilities / logits
+    fx_view y              # targets
+    fx_view w              # weight (broadcast), or absent
+    fx_view pw             # pos_weight (broadcast, logits only), or absent
+    fx_view go             # per-element grad_output (broadcast), or absent
+    fx_view g              # gradient out, or absent (may be x itself)
     char *loss_out      # per-element losses * lscale, contiguous (R*K,), or NULL
     Py_ssize_t R, K
     int op              # OP_BCE, OP_BCE_LOGITS
     double lscale, gscale
 
 
-cdef inline EArr _earr(object spec):
-    """(array, s0, s1) -> EArr; None -> absent."""
-    cdef EArr v
-    if spec is None:
-        v.base = NULL
-        v.s0 = v.s1 = 0
-        return v
-    v.base = <char *>cnp.PyArray_DATA(<cnp.ndarray>spec[0])
-    v.s0 = spec[1]
-    v.s1 = spec[2]
-    return v
-
-
-cdef inline const floating *_chunk(const EArr *a, Py_ssize_t r, Py_ssize_t k, Py_ssize_t n,
+cdef inline const floating *_chunk(const fx_view *a, Py_ssize_t r, Py_ssize_t k, Py_ssize_t n,
                                    floating *buf) noexcept nogil:
-    cdef char *src = a.base + r * a.s0 + k * a.s1
-    if a.s1 == sizeof(floating):
+    cdef char *src = a.base + r * a.s0 + k * a.cs
+    if a.cs == sizeof(floating):
         return <const floating *>src
-    _gather(src, a.s1, n, buf)
+    _gather(src, a.cs, n, buf)
     return buf
 
 
@@ -491,7 +469,7 @@ cdef double _bin_tile(const BinArgs *A, Py_ssize_t lo, Py_ssize_t hi, int *bad,
             wp = _chunk(&A.w, r, kk, m, wb) if A.w.base != NULL else ones
             pwp = _chunk(&A.pw, r, kk, m, pwb) if A.pw.base != NULL else NULL
             lp = (<floating *>A.loss_out) + pos + c0 if A.loss_out != NULL else lb
-            if A.op == K_BCE:
+            if A.op == FX_BIN_PROBS:
                 if floating is float:
                     acc += fx_bce_f32(xp, yp, wp, m, ls, lp, bad)
                 else:
@@ -508,9 +486,9 @@ cdef double _bin_tile(const BinArgs *A, Py_ssize_t lo, Py_ssize_t hi, int *bad,
                     for j in range(m):
                         fb[j] = gop[j] * wp[j]
                     fp = fb
-                gdst = A.g.base + r * A.g.s0 + kk * A.g.s1
-                gp = <floating *>gdst if A.g.s1 == sizeof(floating) else gb
-                if A.op == K_BCE:
+                gdst = A.g.base + r * A.g.s0 + kk * A.g.cs
+                gp = <floating *>gdst if A.g.cs == sizeof(floating) else gb
+                if A.op == FX_BIN_PROBS:
                     if floating is float:
                         fx_bce_grad_f32(xp, yp, fp, m, gs, gp)
                     else:
@@ -521,7 +499,7 @@ cdef double _bin_tile(const BinArgs *A, Py_ssize_t lo, Py_ssize_t hi, int *bad,
                     else:
                         fx_bcel_grad_f64(xp, yp, fp, pwp, m, gs, gp)
                 if gp == gb:
-                    _scatter(gb, m, gdst, A.g.s1)
+                    _scatter(gb, m, gdst, A.g.cs)
             c0 += m
         pos += n
         r += 1
@@ -556,11 +534,11 @@ cdef tuple _bin_run(const BinArgs *A, int n_threads, floating *dummy):
                 lo = t * TILE
                 parts[t] = _bin_tile(A, lo, min(lo + TILE, total_n), &bads[t], dummy)
         for t in range(nt):
-            _neumaier(&total, &comp, parts[t])
+            fx_neumaier(&total, &comp, parts[t])
             bad |= bads[t]
     free(parts)
     free(bads)
-    return _finish(total, comp), bad
+    return fx_neumaier_result(total, comp), bad
 
 
 def binary(int op, Py_ssize_t R, Py_ssize_t K, x, y, w, pw, go, grad_out, loss_out,
@@ -573,12 +551,12 @@ def binary(int op, Py_ssize_t R, Py_ssize_t K, x, y, w, pw, go, grad_out, loss_o
     kernel dtype (x's).  loss_out: None or contiguous (R*K,) receiving the losses * lscale.
     Returns (sum of the losses (unscaled), invalid flag: a probability or target outside [0, 1])."""
     cdef BinArgs A
-    A.x = _earr(x)
-    A.y = _earr(y)
-    A.w = _earr(w)
-    A.pw = _earr(pw)
-    A.go = _earr(go)
-    A.g = _earr(grad_out)
+    A.x = grid_of(x)
+    A.y = grid_of(y)
+    A.w = grid_of(w)
+    A.pw = grid_of(pw)
+    A.go = grid_of(go)
+    A.g = grid_of(grad_out)
     A.loss_out = NULL if loss_out is None else <char *>cnp.PyArray_DATA(<cnp.ndarray>loss_out)
     A.R = R
     A.K = K

@@ -379,7 +379,7 @@ def kl_divergence(p: Any, q: Any, *, axis: int = -1, reduction: str = "none",
     row_shape = a.shape[:ax] + a.shape[ax + 1:]
     N = math.prod(row_shape)
     n_threads = check.work_threads(num_threads, N * C, N, C)
-    mode = (1 if log_q else 0) | (2 if log_p else 0)
+    mode = (_kernels.probs.KL_LOG_Q if log_q else 0) | (_kernels.probs.KL_LOG_P if log_p else 0)
     vals = np.empty(N, dtype=kdt) if reduction == "none" else None
     total, bad = _kernels.probs.rows(check.rows_of(a, ax, C, "p", False), check.rows_of(b, ax, C, "q", False), None,
                              None, _kernels.probs.OP_KL, mode, 0.0, 1.0, 1.0, None, vals, lscale,

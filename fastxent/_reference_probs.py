@@ -43,9 +43,10 @@ def _check_nonneg(a, name):
 
 
 def _xlogy(x, y):
-    """x * log(y) with 0 * log(anything) = 0 (NaN stays NaN)."""
+    """x * log(y) with 0 * log(anything) = 0, except that a NaN in x or y stays NaN."""
     with np.errstate(all="ignore"):
-        return np.where(x == 0, np.zeros((), dtype=np.result_type(x, y)), x * np.log(y))
+        zero = np.where(np.isnan(y), y, np.zeros((), dtype=np.result_type(x, y)))
+        return np.where(x == 0, zero, x * np.log(y))
 
 
 def _probs_and_q(p, q, axis):
@@ -94,16 +95,22 @@ def _reduce_rows(rows, reduction, dt, sample_weight=None):
         return dt.type(np.sum(rows) / np.sum(s)) if rows.size else dt.type(np.nan)
 
 
+def _read_q(p, q, axis):
+    """(P, q, axis) of _probs_and_q, with integer labels q's other entries set to 1: only the
+    entries the labels pick are read (checked, and NaN there propagates)."""
+    P, q, axis = _probs_and_q(p, q, axis)
+    return P, (np.where(P > 0, q, 1).astype(q.dtype) if np.shape(p) != q.shape else q), axis
+
+
 def cross_entropy_from_probs(p, q, *, eps=None, axis=-1, reduction="mean", base=None,
                              sample_weight=None, num_threads=None):
     """-sum_c p_c log(clip(q_c, eps, 1)) per row along ``axis`` (0 log 0 = 0); eps=None: the
     machine epsilon of q's dtype; integer labels p pick -log q[label]; ``sample_weight`` (one
     weight s_i per row) multiplies row i, and the mean is sum(s_i H_i) / sum(s_i)."""
     _check_reduction(reduction)
-    P, q, axis = _probs_and_q(p, q, axis)
+    P, q, axis = _read_q(p, q, axis)
     _check_nonneg(P, "p")
-    # with integer labels only the q entries they pick are read (and checked)
-    _check_nonneg(np.where(P > 0, q, 0) if np.shape(p) != q.shape else q, "q")
+    _check_nonneg(q, "q")
     dt = q.dtype
     e = _clip_eps(eps, dt)
     qc = np.clip(q, dt.type(e), dt.type(1))
@@ -117,7 +124,7 @@ def cross_entropy_from_probs_with_grad(p, q, *, eps=None, axis=-1, reduction="me
     (g: grad_output, divided by sum(s_i) (the number of rows) for "mean")."""
     loss = cross_entropy_from_probs(p, q, eps=eps, axis=axis, reduction=reduction, base=base,
                                     sample_weight=sample_weight)
-    P, q, axis = _probs_and_q(p, q, axis)
+    P, q, axis = _read_q(p, q, axis)
     dt = q.dtype
     e = _clip_eps(eps, dt)
     g = np.asarray(grad_output, dtype=np.float64)
@@ -132,7 +139,8 @@ def cross_entropy_from_probs_with_grad(p, q, *, eps=None, axis=-1, reduction="me
     with np.errstate(all="ignore"):
         if reduction == "mean":
             s = s / n if q.size // q.shape[axis] else s * np.nan
-        grad = np.where((q < e) | (q > 1) | (P == 0), 0.0, -s * P / q).astype(dt)
+        grad = np.where((q < e) | (q > 1) | (P == 0), 0.0, -s * P / q)
+        grad = np.where(np.isnan(q), np.nan, grad).astype(dt)       # NaN stays NaN
     return loss, grad
 
 
@@ -161,7 +169,8 @@ def kl_divergence(p, q, *, axis=-1, reduction="none", base=None, log_q=False, lo
         pe = np.exp(p) if log_p else p
         lp = p if log_p else np.log(p)
         lq = q if log_q else np.log(q)
-        terms = np.where(pe == 0, 0.0, pe * (lp - lq)).astype(dt)
+        # a term with p == 0 is 0, unless q holds NaN there (NaN propagates to its row)
+        terms = np.where(pe == 0, np.where(np.isnan(lq), np.nan, 0.0), pe * (lp - lq)).astype(dt)
     rows = np.sum(terms, axis=axis) * _log_unit(base)
     if reduction == "none":
         return rows.astype(dt)[()]

@@ -1,51 +1,15 @@
 # cython: language_level=3
-"""Helpers shared by the kernel families: array views (a validated NumPy array seen as rows of
-C classes, read through its data pointer and strides: no copies, any layout) and the
-compensated sum that combines per-block partial results in block order."""
+"""NumPy arrays as the C kernels see them (shared by the kernel families): a validated array
+becomes an ``fx_view`` -- its data pointer and byte strides, rows of C elements, no copy, any
+layout (see fx_common.h)."""
 cimport numpy as cnp
-from libc.math cimport fabs
 
-cdef extern from "_rowmath.h":
-    enum: FX_DT_F32
-    enum: FX_DT_F64
-    enum: FX_DT_F16
-    enum: FX_DT_BF16
+from fastxent._rowmath cimport fx_view, FX_DT_F32, FX_DT_F64, FX_DT_F16, FX_DT_BF16
 
 
-cdef struct View2:
-    char *base          # element (0, 0)
-    Py_ssize_t rs       # row stride, bytes
-    Py_ssize_t cs       # class stride, elements (1: contiguous row)
-
-
-cdef struct Arr:
-    # a validated array seen as (rows, C): row i is (i // D, i % D) of an (A, D, C) view,
-    # so PyTorch's (N, C, d1, ...) layout needs no transposed copy
-    char *base
-    Py_ssize_t s0, s1   # strides of the two row indices, bytes
-    Py_ssize_t D        # length of the inner row index (1 for 2-D input)
-    Py_ssize_t cs       # class stride, bytes
-    int dt              # FX_DT_* element type
-    int isz             # item size, bytes
-
-
-cdef inline View2 _view2(object a):
-    """Data pointer and strides of a validated 2-D array (or an empty view for None)."""
-    cdef View2 v
-    cdef cnp.ndarray arr
-    if a is None:
-        v.base = NULL
-        v.rs = 0
-        v.cs = 1
-        return v
-    arr = <cnp.ndarray>a
-    v.base = <char *>cnp.PyArray_DATA(arr)
-    v.rs = cnp.PyArray_STRIDE(arr, 0)
-    v.cs = cnp.PyArray_STRIDE(arr, 1) // cnp.PyArray_ITEMSIZE(arr)
-    return v
-
-
-cdef inline int _dtcode(cnp.ndarray arr):
+cdef inline int dtype_code(cnp.ndarray arr):
+    """The FX_DT_* code of a validated array (the API passes bfloat16 as a 2-byte non-float16
+    type)."""
     cdef int t = cnp.PyArray_TYPE(arr)
     if t == cnp.NPY_FLOAT32:
         return FX_DT_F32
@@ -53,12 +17,12 @@ cdef inline int _dtcode(cnp.ndarray arr):
         return FX_DT_F64
     if t == cnp.NPY_FLOAT16:
         return FX_DT_F16
-    return FX_DT_BF16   # the API passes bfloat16 (ml_dtypes) as a 2-byte non-float16 type
+    return FX_DT_BF16
 
 
-cdef inline Arr _arr(object a):
-    """A 2-D (rows, C) or 3-D (A, D, C) validated array as an Arr (base NULL for None)."""
-    cdef Arr v
+cdef inline fx_view view_of(object a):
+    """A validated 2-D (rows, C) or 3-D (A, D, C) array as an fx_view (base NULL for None)."""
+    cdef fx_view v
     cdef cnp.ndarray arr
     v.base = NULL
     v.s0 = v.s1 = 0
@@ -70,41 +34,37 @@ cdef inline Arr _arr(object a):
         return v
     arr = <cnp.ndarray>a
     v.base = <char *>cnp.PyArray_DATA(arr)
-    v.dt = _dtcode(arr)
+    v.dt = dtype_code(arr)
     v.isz = cnp.PyArray_ITEMSIZE(arr)
     v.s0 = cnp.PyArray_STRIDE(arr, 0)
     if cnp.PyArray_NDIM(arr) == 3:
         v.s1 = cnp.PyArray_STRIDE(arr, 1)
         v.D = cnp.PyArray_DIM(arr, 1)
         v.cs = cnp.PyArray_STRIDE(arr, 2)
-    else:
+    elif cnp.PyArray_NDIM(arr) == 2:
         v.cs = cnp.PyArray_STRIDE(arr, 1)
     return v
 
 
-cdef inline char *_row(const Arr *a, Py_ssize_t i) noexcept nogil:
-    if a.D == 1:
-        return a.base + i * a.s0
-    return a.base + (i // a.D) * a.s0 + (i % a.D) * a.s1
+cdef inline fx_view grid_of(object spec):
+    """``(array, s0, s1)`` -- element (0, 0) and the byte strides of an (R, K) element grid --
+    as an fx_view; None: an absent operand."""
+    cdef fx_view v = view_of(None)
+    if spec is None:
+        return v
+    v.base = <char *>cnp.PyArray_DATA(<cnp.ndarray>spec[0])
+    v.s0 = spec[1]
+    v.cs = spec[2]
+    return v
 
 
-cdef inline char *_data(object a):
+cdef inline char *data_of(object a):
     return NULL if a is None else <char *>cnp.PyArray_DATA(<cnp.ndarray>a)
 
 
-cdef inline Py_ssize_t _stride0(object a):
-    return cnp.PyArray_STRIDE(<cnp.ndarray>a, 0)
-
-
-# ------------------------------------------------------------------ block reduction
-cdef inline void _neumaier(double *total, double *comp, double v) noexcept nogil:
-    cdef double t = total[0] + v
-    if fabs(total[0]) >= fabs(v):
-        comp[0] += (total[0] - t) + v
-    else:
-        comp[0] += (v - t) + total[0]
-    total[0] = t
-
-
-cdef inline double _finish(double total, double comp) noexcept nogil:
-    return total + comp if comp == comp else total
+cdef inline Py_ssize_t rows_of(object a):
+    """Number of rows of a 2-D / 3-D view."""
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    if cnp.PyArray_NDIM(arr) == 3:
+        return cnp.PyArray_DIM(arr, 0) * cnp.PyArray_DIM(arr, 1)
+    return cnp.PyArray_DIM(arr, 0)

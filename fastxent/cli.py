@@ -3,6 +3,7 @@
     fastxent info                     build/runtime configuration (fastxent.show_config())
     fastxent bench                    quick benchmark vs the NumPy reference and installed peers
     fastxent bench --full             the whole grid (shapes x f32/f64 x loss, loss+grad x threads)
+    fastxent bench --smoke            tiny sizes: checks in seconds that every installed peer runs
     fastxent bench --json out.json --plot out.png --threads-scaling
     fastxent bench --report out.json  re-print a saved run, or a pytest-benchmark JSON from bench/
     fastxent score LOGITS.npy LABELS.npy [--out LOSSES.npy] [--offsets OFFS.npy] [--base 2]
@@ -57,44 +58,54 @@ def _check_writable(path, option):
 
 
 def _cmd_bench(args):
-    from fastxent import _bench
+    from fastxent._bench import plot, report, run, saved
 
     # Fail before minutes of benchmarking, not after.
     if args.plot:
         _check_writable(args.plot, "--plot")
-        _bench.require_matplotlib()
+        plot.require_matplotlib()
     if args.json:
         _check_writable(args.json, "--json")
     if args.report:
-        if args.full or args.threads_scaling or args.impls or args.json:
+        if args.full or args.smoke or args.threads_scaling or args.impls or args.json:
             raise CliError("--report: only --plot can be combined with it")
-        results = _bench.load_results(args.report)
-        _bench.print_report(results)
+        results = saved.load_results(args.report)
+        report.print_report(results)
     else:
-        results = _bench.run(full=args.full, impls=args.impls,
-                             threads_scaling=args.threads_scaling)
+        if args.full and args.smoke:
+            raise CliError("--smoke: cannot be combined with --full")
+        mode = "full" if args.full else "smoke" if args.smoke else "quick"
+        results = run.run(mode, impls=args.impls, threads_scaling=args.threads_scaling,
+                          progress=False if args.no_progress else None)
         if args.json:
-            _bench.save_json(results, args.json)
+            saved.save_json(results, args.json)
             print(f"results saved to {args.json}")
     if args.plot:
-        _bench.plot(results, args.plot)
+        plot.plot(results, args.plot)
         print(f"figure saved to {args.plot}")
     return 0
 
 
 def _add_bench(sub):
-    from fastxent._bench import impl_names
+    from fastxent._bench.peers import impl_names
 
     p = sub.add_parser(
         "bench", help="benchmark fastxent against the NumPy reference and installed peers",
-        description="Time cross-entropy loss and loss+grad for fastxent, the NumPy reference and "
-                    "each installed peer (torch, torch.compile, scipy, scikit-learn, jax) and "
-                    "report time, GB/s, % of the measured memory bandwidth and speedups. "
-                    "Quick mode (default) takes under a minute.")
+        description="Measure the machine's two ceilings (DRAM read bandwidth, fastxent's exp "
+                    "rate), then time cross-entropy loss and loss+grad (and the probability "
+                    "family) for fastxent, the NumPy reference and each installed peer (torch, "
+                    "torch.compile, jax, scipy, scikit-learn) and report time, elements/s, GB/s, "
+                    "% of the lower ceiling, the speedups and the fastest peer. Quick mode "
+                    "(default) takes under a minute.")
     p.add_argument("--full", action="store_true",
                    help="the whole grid (all shapes, float32 and float64, torch.compile); minutes")
+    p.add_argument("--smoke", action="store_true",
+                   help="tiny sizes through the same code paths, seconds: checks that every "
+                        "peer runs (the figures mean nothing)")
     p.add_argument("--json", metavar="FILE", help="save the results (and machine info) as JSON")
-    p.add_argument("--plot", metavar="FILE", help="draw figures to FILE (PNG; needs matplotlib)")
+    p.add_argument("--plot", metavar="FILE",
+                   help="draw speedups and %% of the ceiling per case to FILE (PNG; needs "
+                        "matplotlib)")
     p.add_argument("--threads-scaling", action="store_true",
                    help="also time fastxent at 1..N threads on 4096x32768 (loss, loss+grad)")
     p.add_argument("--impls", metavar="LIST",
@@ -103,6 +114,8 @@ def _add_bench(sub):
     p.add_argument("--report", metavar="FILE",
                    help="print the report of a saved --json file or of a pytest-benchmark JSON "
                         "(pytest bench --benchmark-json=FILE) instead of running")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no 'case i of n' status line (shown only when stderr is a terminal)")
     p.set_defaults(func=_cmd_bench)
 
 
@@ -199,7 +212,7 @@ def build_parser():
 def main(argv=None):
     """Entry point of the ``fastxent`` command; returns the exit code."""
     try:
-        from fastxent._bench import BenchError
+        from fastxent._bench.grid import BenchError
     except ImportError as exc:         # e.g. the compiled extension is missing
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

@@ -44,7 +44,7 @@ from ._reference_probs import __all__ as _probs_all
 from ._reference_probs import _REDUCTIONS, _as_float_array, _check_reduction, _log_unit
 
 __all__ = ["logsumexp", "log_softmax", "softmax", "cross_entropy", "cross_entropy_with_grad",
-           "perplexity"] + list(_probs_all)
+           "nll_loss", "nll_loss_with_grad", "perplexity"] + list(_probs_all)
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,7 +245,8 @@ def _check_options(reduction, label_smoothing, z_loss, softcap, logit_scale, bas
 
 
 def _xent_rows(logits, target, weight, ignore_index, reduction, label_smoothing, axis=-1,
-               z_loss=0.0, softcap=None, logit_scale=1.0, base=None, sample_weight=None):
+               z_loss=0.0, softcap=None, logit_scale=1.0, base=None, sample_weight=None,
+               focal_gamma=0.0):
     """Validate, then return everything the loss and the gradient need (a namespace).
 
     The logits are viewed as (N, C) rows (class axis last; (C,) logits are one row); the
@@ -262,6 +263,9 @@ def _xent_rows(logits, target, weight, ignore_index, reduction, label_smoothing,
     row_shape = x.shape[:axis] + x.shape[axis + 1:]
     eps, zl, cap, scale, log_base = _check_options(reduction, label_smoothing, z_loss, softcap,
                                                    logit_scale, base)
+    gamma = float(focal_gamma)
+    if not (gamma >= 0.0 and np.isfinite(gamma)):
+        raise ValueError(f"focal_gamma: must be a finite number >= 0, got {focal_gamma!r}")
     dt = _compute_dtype(x.dtype)
     if weight is None:
         w = np.ones(c, dtype=dt)
@@ -285,6 +289,9 @@ def _xent_rows(logits, target, weight, ignore_index, reduction, label_smoothing,
 
     t = np.asarray(target)
     soft = t.dtype.kind == "f"
+    if gamma != 0.0 and (soft or eps != 0.0):
+        raise ValueError("focal_gamma: the focal loss needs integer class labels and no "
+                         "label_smoothing")
     if soft and t.shape != x.shape:
         raise ValueError(f"target: soft targets (class probabilities) must have the logits' shape "
                          f"{x.shape}, got {t.shape}")
@@ -313,6 +320,7 @@ def _xent_rows(logits, target, weight, ignore_index, reduction, label_smoothing,
             loss = (-np.sum(w * q * logp, axis=1)).astype(dt)
         else:
             q = None
+            focal_grad = None
             y, valid = _check_target(t, row_shape, c, ignore_index)
             rows = np.arange(n)
             if c == 0:
@@ -323,6 +331,14 @@ def _xent_rows(logits, target, weight, ignore_index, reduction, label_smoothing,
             else:
                 w_y = np.where(valid, w[y], 0).astype(dt)       # weight of each row's target
                 loss = np.where(valid, -w[y] * logp[rows, y], 0).astype(dt)
+                if gamma != 0.0:
+                    # focal loss (Lin et al. 2017): -(1 - p_y)^gamma log p_y, and its derivative
+                    # factor F = (1 - p_y)^gamma - gamma (1 - p_y)^(gamma - 1) p_y log p_y
+                    logp_y = logp[rows, y]
+                    p_y, q_y = np.exp(logp_y), -np.expm1(logp_y)   # p_y and 1 - p_y
+                    loss = (loss * q_y ** gamma).astype(dt)
+                    focal_grad = q_y ** gamma - gamma * q_y ** (gamma - 1) * p_y * logp_y
+                    focal_grad = np.where(q_y == 0, 0.0, np.where(p_y == 0, 1.0, focal_grad))
                 if eps != 0.0:
                     # As torch, no smoothing term at all when eps == 0 (so a masked class does
                     # not give 0 * inf = nan).
@@ -338,7 +354,8 @@ def _xent_rows(logits, target, weight, ignore_index, reduction, label_smoothing,
             loss = (loss + zrow).astype(dt)
     return SimpleNamespace(x=x, shape=x.shape, axis=axis, row_shape=row_shape, c=c, dt=dt, z=z,
                            dz=dz, soft=soft, y=y, q=q, valid=valid, w=w, w_y=w_y, loss=loss,
-                           zrow=zrow, lse=lse, eps=eps, zl=zl, log_base=log_base, sw=sw)
+                           zrow=zrow, lse=lse, eps=eps, zl=zl, log_base=log_base, sw=sw,
+                           focal_grad=focal_grad if not soft else None)
 
 
 def _reduce(loss, w_y, reduction, dt, sw):
@@ -354,10 +371,8 @@ def _reduce(loss, w_y, reduction, dt, sw):
         if reduction == "sum":
             return dt.type(total)
         total_weight = np.sum(w_y, dtype=dt)
-        if total_weight == 0:
-            # All rows ignored, N = 0, or every target has weight 0: nan, as torch (which divides
-            # the nll and the smoothing terms separately, and the nll term is then 0/0).
-            return dt.type(np.nan)
+        # as torch: total / total weight with IEEE division (nan when nothing is left; +-inf when
+        # negative and positive weights cancel to exactly 0)
         return dt.type(total / total_weight)
 
 
@@ -375,7 +390,8 @@ def _finish(values, r, reduction, loss=True):
 
 def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
                   label_smoothing=0.0, axis=-1, z_loss=0.0, softcap=None, logit_scale=1.0,
-                  base=None, return_z_loss=False, sample_weight=None, num_threads=None):
+                  base=None, return_z_loss=False, focal_gamma=0.0, sample_weight=None,
+                  num_threads=None):
     """Softmax cross-entropy of ``logits`` (classes along ``axis``) against ``target``.
 
     Same semantics as ``torch.nn.functional.cross_entropy``.  Hard labels (an integer ``target``
@@ -394,14 +410,15 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
     logits`` when ``softcap`` is None); ``z_loss`` adds ``z_loss * logsumexp(z)^2`` to every row
     that is not ignored; ``base`` divides everything by ``ln(base)``.  ``return_z_loss=True``
     returns ``(loss, z_term)``, the z-loss part reduced like the loss.  float16 / bfloat16 logits
-    are computed in float32.  ``sample_weight`` (one weight s_i per row) multiplies row i's loss
+    are computed in float32.  ``focal_gamma`` multiplies each hard-label row's loss by
+    ``(1 - p_y)^focal_gamma`` (focal loss; no label smoothing, no soft targets).  ``sample_weight`` (one weight s_i per row) multiplies row i's loss
     and its weight in the mean: ``"mean"`` is ``sum(s_i * loss_i) / sum(s_i * w[y_i])``.
 
     (C,) logits with a scalar target are one unbatched row; C = 0 follows torch (labels must be
     ignored; loss 0, NaN with label smoothing; the mean is NaN).
     """
     r = _xent_rows(logits, target, weight, ignore_index, reduction, label_smoothing, axis,
-                   z_loss, softcap, logit_scale, base, sample_weight)
+                   z_loss, softcap, logit_scale, base, sample_weight, focal_gamma)
     loss = _finish(r.loss, r, reduction)
     return (loss, _finish(r.zrow, r, reduction, loss=False)) if return_z_loss else loss
 
@@ -409,14 +426,16 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
 def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
                             label_smoothing=0.0, axis=-1, z_loss=0.0, softcap=None,
                             logit_scale=1.0, base=None, return_z_loss=False, grad_output=1.0,
-                            out=None, inplace=False, grad_dtype=None, sample_weight=None,
-                            num_threads=None):
+                            out=None, inplace=False, grad_dtype=None, focal_gamma=0.0,
+                            sample_weight=None, num_threads=None):
     """Return ``(loss, grad)`` (``(loss, z_term, grad)`` with ``return_z_loss=True``): the loss of
     :func:`cross_entropy` and d(loss)/d(logits) * grad_output, in the logits' shape.
 
     Gradient with respect to the transformed logits ``z`` of row i (zero for ignored rows)::
 
         hard: s * [(1 - eps) * w[y_i] * (p_i - onehot(y_i)) + (eps / C) * (sum(w) * p_i - w)]
+        focal: s * F_i * w[y_i] * (p_i - onehot(y_i)),
+               F_i = (1 - p_y)^gamma - gamma * (1 - p_y)^(gamma - 1) * p_y * log(p_y)
         soft: s * [sum(w * q_i) * p_i - w * q_i]
         z-loss adds s * 2 * z_loss * logsumexp(z_i) * p_i
 
@@ -428,7 +447,7 @@ def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, r
     gradient is also multiplied by ``sample_weight[i]``.
     """
     r = _xent_rows(logits, target, weight, ignore_index, reduction, label_smoothing, axis,
-                   z_loss, softcap, logit_scale, base, sample_weight)
+                   z_loss, softcap, logit_scale, base, sample_weight, focal_gamma)
     n, c = r.z.shape
     dt = r.dt
     gdt = r.x.dtype if grad_dtype is None else np.dtype(grad_dtype)
@@ -470,6 +489,8 @@ def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, r
             if c:
                 onehot[np.arange(n), r.y] = 1
             grad = (1 - eps) * r.w_y[:, None] * (p - onehot) + (eps / max(c, 1)) * (np.sum(w) * p - w)
+            if r.focal_grad is not None:
+                grad = r.focal_grad[:, None] * grad
         if r.zl != 0.0:
             grad = grad + 2 * r.zl * r.lse[:, None] * p
         grad = scale[:, None] * grad
@@ -491,6 +512,56 @@ def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, r
         out[...] = grad
         return result + (out,)
     return result + (grad,)
+
+
+def nll_loss(log_probs, target, *, weight=None, ignore_index=-100, reduction="mean", axis=-1,
+             base=None, sample_weight=None, num_threads=None):
+    """Negative log-likelihood, as ``torch.nn.functional.nll_loss``: ``-w[y_i] * log_probs[i, y_i]``
+    per row (classes along ``axis``; (C,) input is one row), 0 for rows whose label is
+    ``ignore_index``; "mean" divides the sum by the total weight of the rows that are not
+    ignored.  ``sample_weight`` multiplies row i and its weight in the mean by s_i."""
+    return nll_loss_with_grad(log_probs, target, weight=weight, ignore_index=ignore_index,
+                              reduction=reduction, axis=axis, base=base,
+                              sample_weight=sample_weight)[0]
+
+
+def nll_loss_with_grad(log_probs, target, *, weight=None, ignore_index=-100, reduction="mean",
+                       axis=-1, base=None, grad_output=1.0, out=None, inplace=False,
+                       sample_weight=None, num_threads=None):
+    """``(loss, grad)``: the loss of :func:`nll_loss` and its gradient, ``-w[y_i] * s_i * g`` at
+    each row's label and 0 elsewhere (``g``: grad_output, / the denominator of "mean")."""
+    x = _logits_array(log_probs)
+    if x.ndim < 1:
+        raise ValueError("log_probs: expected at least 1 dimension, got a 0-d array")
+    axis = axis % x.ndim
+    c = x.shape[axis]
+    row_shape = x.shape[:axis] + x.shape[axis + 1:]
+    _check_reduction(reduction)
+    dt = _compute_dtype(x.dtype)
+    w = np.ones(c, dtype=dt) if weight is None else np.asarray(weight).astype(np.float64).astype(dt)
+    y, valid = _check_target(target, row_shape, c, ignore_index)
+    sw = np.ones(y.shape[0]) if sample_weight is None else \
+        np.asarray(sample_weight, dtype=np.float64).reshape(-1)
+    lp = _rows(x, axis, c).astype(dt)
+    n = lp.shape[0]
+    rows = np.arange(n)
+    if c == 0:                 # every row is ignored (else its label is out of range)
+        y, w = np.zeros(n, dtype=np.intp), np.zeros(1, dtype=dt)
+        lp = np.zeros((n, 1), dtype=dt)
+    w_y = np.where(valid, w[y], 0).astype(dt)
+    with np.errstate(all="ignore"):
+        loss = np.where(valid, -w[y] * lp[rows, y], 0).astype(dt)
+        scale = np.broadcast_to(np.asarray(grad_output, dtype=np.float64).reshape(-1), (n,)) * sw
+        if reduction == "mean":
+            scale = scale / np.sum(w_y * sw, dtype=dt)
+        grad = np.zeros((n, c), dtype=dt)
+        if c:
+            grad[rows, y] = np.where(valid, -w[y] * scale, 0)
+        grad = (grad * _log_unit(base)).astype(dt)
+    log_base = 1.0 if base is None else float(np.log(base))
+    r = SimpleNamespace(w_y=w_y, dt=dt, log_base=log_base, row_shape=row_shape, sw=sw, c=c,
+                        eps=0.0, soft=False)
+    return _finish(loss, r, reduction), _unrows(grad, x.shape, axis).astype(x.dtype)
 
 
 def perplexity(logits, target, *, base=None, **cross_entropy_kwargs):

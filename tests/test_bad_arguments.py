@@ -24,6 +24,7 @@ WL = _rng.standard_normal((C, 2))
 # valid positional arguments of each array function
 ARGS = {
     "cross_entropy": (X, T), "cross_entropy_with_grad": (X, T),
+    "nll_loss": (X, T), "nll_loss_with_grad": (X, T),
     "logsumexp": (X,), "softmax": (X,), "log_softmax": (X,),
     "cross_entropy_from_probs": (T, Q), "cross_entropy_from_probs_with_grad": (T, Q),
     "binary_cross_entropy": (PB, TB), "binary_cross_entropy_with_grad": (PB, TB),

@@ -260,12 +260,12 @@ def test_benchmark_machinery(monkeypatch):
     timing rounds, the memory subprocess, the ratios and the report."""
     import io
 
-    from fastxent import _bench
+    from fastxent._bench import linear
 
-    monkeypatch.setattr(_bench, "QUICK_LINEAR_SHAPES", ((256, 8, 512),))
-    monkeypatch.setattr(_bench, "LINEAR_MIN_ROUNDS", 1)
+    monkeypatch.setitem(linear.LINEAR_SHAPES, "quick", ((256, 8, 512),))
+    monkeypatch.setattr(linear, "LINEAR_MIN_ROUNDS", 1)
     out = io.StringIO()
-    rows = _bench.run_linear(full=False, impls="fastxent", out=out, budget=0.0)
+    rows = linear.run_linear("quick", impls="fastxent", out=out, budget=0.0)
     assert [r["impl"] for r in rows] == ["fastxent", "naive"]
     for r in rows:
         assert "error" not in r and "memory_error" not in r, r

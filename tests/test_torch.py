@@ -3,6 +3,7 @@
 Skipped when torch is not installed (optional extra ``fastxent[torch]``).
 """
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -30,7 +31,8 @@ TOL = {torch.float64: dict(rtol=1e-11, atol=1e-12), torch.float32: dict(rtol=2e-
 def assert_tensors_close(a, b, dtype, msg=""):
     assert a.shape == b.shape, (a.shape, b.shape, msg)
     a64, b64 = a.detach().double(), b.detach().double()
-    scale = max(float(b64.abs().max()) if b64.numel() else 1.0, 1e-300)
+    finite = b64[torch.isfinite(b64)]
+    scale = max(float(finite.abs().max()) if finite.numel() else 1.0, 1e-300)
     t = TOL[dtype]
     torch.testing.assert_close(a64, b64, rtol=t["rtol"], atol=t["atol"] * scale, equal_nan=True,
                                msg=lambda m: f"{msg}: {m}")
@@ -252,6 +254,78 @@ def test_fallbacks():
     assert ft.fallback_reason(x, t) is None
 
 
+@pytest.mark.parametrize("shape", [(3, 0), (0,), (2, 0, 4)], ids=["2d", "unbatched", "nd"])
+@pytest.mark.parametrize("target_kind", ["ignored", "probs"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_no_classes(shape, target_kind, reduction):
+    """C = 0: torch's answer (mean nan, sum 0, zeros), an empty gradient; a label that is not
+    ignored is torch's IndexError (no class can match it)."""
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    if target_kind == "ignored":
+        t = torch.full(shape[:1] + shape[2:] if len(shape) > 1 else (), -100)
+    else:
+        t = torch.randn(shape, dtype=torch.float64)
+    assert "C = 0" in ft.fallback_reason(x, t)
+    try:
+        exp_loss, exp_grad = _run(F.cross_entropy, x, t, reduction=reduction)
+    except RuntimeError as e:                  # torch's own limit (N-D labels): the same error
+        with pytest.raises(RuntimeError, match=re.escape(str(e)[:20])):
+            ft.cross_entropy(x, t, reduction=reduction)
+        return
+    loss, grad = _run(ft.cross_entropy, x, t, reduction=reduction)
+    assert_tensors_close(loss, exp_loss, torch.float64)
+    assert grad.shape == x.shape and exp_grad.shape == x.shape
+    if target_kind == "ignored":
+        with pytest.raises(IndexError):
+            ft.cross_entropy(x, torch.zeros_like(t))
+
+
+@pytest.mark.parametrize("shape", [(13, 7), (5, 7, 3), (7,)], ids=["2d", "nd", "unbatched"])
+@pytest.mark.parametrize("target_kind", ["index", "probs"])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.2])
+def test_negative_class_weights(shape, target_kind, label_smoothing):
+    """Weights in [-9, 9] (as torch's own test inputs), all reductions, as torch."""
+    x, t = _case(shape, torch.float64, target_kind)
+    w = torch.linspace(-9, 9, 7, dtype=torch.float64)
+    w[3] = 2.5                                  # keep sum(w[y]) away from 0 for the mean
+    for reduction in ("mean", "sum", "none"):
+        kw = dict(weight=w, reduction=reduction, label_smoothing=label_smoothing)
+        loss, grad = _run(ft.cross_entropy, x, t, **kw)
+        exp_loss, exp_grad = _run(F.cross_entropy, x, t, **kw)
+        assert_tensors_close(loss, exp_loss, torch.float64, reduction)
+        assert_tensors_close(grad, exp_grad, torch.float64, reduction)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("target_kind", ["index", "probs"])
+def test_16bit_class_weights(dtype, target_kind):
+    """torch requires the weight in the input's dtype: bfloat16 weights with bfloat16 logits."""
+    x, t = _case((16, 10), dtype, target_kind)
+    w = (torch.rand(10, generator=_gen(4)) + 0.5).to(dtype)
+    for reduction in ("mean", "none"):
+        kw = dict(weight=w, reduction=reduction, label_smoothing=0.1)
+        loss, grad = _run(ft.cross_entropy, x, t, **kw)
+        exp_loss, exp_grad = _run(F.cross_entropy, x, t, **kw)
+        assert loss.dtype == dtype and grad.dtype == dtype
+        assert_tensors_close(loss, exp_loss, dtype, reduction)
+        assert_tensors_close(grad, exp_grad, dtype, reduction)
+
+
+def test_unbatched_scalar_target():
+    """(C,) logits with a () label: a () loss for every reduction, as torch."""
+    x = torch.randn(6, dtype=torch.float64)
+    w = torch.rand(6, dtype=torch.float64) + 0.5
+    for label in (4, -100):
+        t = torch.tensor(label)
+        for reduction in ("mean", "sum", "none"):
+            kw = dict(weight=w, reduction=reduction, label_smoothing=0.1)
+            loss, grad = _run(ft.cross_entropy, x, t, **kw)
+            exp_loss, exp_grad = _run(F.cross_entropy, x, t, **kw)
+            assert loss.shape == exp_loss.shape == ()
+            assert_tensors_close(loss, exp_loss, torch.float64, f"{label} {reduction}")
+            assert_tensors_close(grad, exp_grad, torch.float64, f"{label} {reduction}")
+
+
 def test_errors_come_from_fastxent():
     x = torch.randn(4, 3, requires_grad=True)
     with pytest.raises(ValueError, match=r"^target: label 3 at row 1 is out of range \[0, 3\)"):
@@ -373,10 +447,12 @@ def test_custom_op_opcheck():
     op = torch.ops.fastxent.cross_entropy.default
     w = torch.rand(4, dtype=torch.float64) + 0.5
     for reduction in ("mean", "none"):
-        torch.library.opcheck(op, (x, t, w, -100, reduction, 0.1, True, 0))
+        torch.library.opcheck(op, (x, t, w, -100, reduction, 0.1, True, 0, False))
+        torch.library.opcheck(op, (torch.log_softmax(x, 1), t, w, -100, reduction, 0.0, True,
+                                   0, True))                        # nll_loss
     xn, p = _case((3, 4, 2), torch.float32, "probs")
-    torch.library.opcheck(op, (xn, p, None, -100, "none", 0.0, True, 0))
-    torch.library.opcheck(op, (x.detach(), t, None, -100, "sum", 0.0, False, 0))
+    torch.library.opcheck(op, (xn, p, None, -100, "none", 0.0, True, 0, False))
+    torch.library.opcheck(op, (x.detach(), t, None, -100, "sum", 0.0, False, 0, False))
 
 
 def test_torch_compile_training_step():

@@ -37,5 +37,5 @@ def test_stubs_match_the_compiled_modules():
                      if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)
                      and not n.target.id.startswith("_")}
         public = {n for n in dir(module) if not n.startswith("_")
-                  and (callable(getattr(module, n)) or n.startswith("OP_"))}
+                  and (callable(getattr(module, n)) or n.isupper())}
         assert declared == public, (module.__name__, declared ^ public)

@@ -1,0 +1,389 @@
+/*
+ * fastxent C numerics, part 2: the log-sum-exp of a row, every variant side by side, and the
+ * row writers built on it.  A template: _rowmath.h includes it once per float type with
+ *   FX_T (float / double), FX_S(name) (fx_<name>_f32 / _f64), FX_EXP (fx_expf / fx_exp),
+ *   FX_LOG1P (fx_log1pf / fx_log1p).
+ *
+ * The statistics of a row are m = max(x) and t = sum(exp(x - m)) - 1 accumulated in double
+ * (the sum s minus the maximum's own 1, so log(s) = log1p(t) keeps tiny losses exact):
+ *   lse = m + log1p(t),   softmax = exp(x - m) / (1 + t).
+ * Variants:
+ *   seg_stats     one read of a row of at most FX_SEG elements, in blocks of FX_BLOCK (the block
+ *                 max first, the block then still in L1 for the exp pass; when a block raises the
+ *                 running max the sum is rescaled once); optionally stores e = exp(x - m_b) and
+ *                 the running max m_b of each block, so a gradient needs no second exp.
+ *   row_stats     rows of any length: FX_SEG segments merged in segment order (stats_merge).
+ *   short_stats   FX_SHORT_R rows of at most FX_SHORT_C classes, vectorised across rows.
+ * A row whose log-sum-exp is not finite is reported (return value 1): a NaN in the row
+ * (t = NaN), a +inf and no NaN (m = t = +inf), every element -inf or n == 0 (m = -inf).
+ */
+#define T FX_T
+
+/* ------------------------------------------------------------------ blocked statistics */
+static inline __attribute__((always_inline)) int
+FX_S(seg_stats_impl)(const T *x, ptrdiff_t n, T *m_out, double *t_out, T *e, T *bm,
+                     const int store)
+{
+    T m = -(T)INFINITY;
+    double t = 0.0;
+    int nan_seen = 0;
+    for (ptrdiff_t b = 0; b < n; b += FX_BLOCK) {
+        const T *xb = x + b;
+        T *eb = store ? e + b : NULL;
+        ptrdiff_t len = n - b < FX_BLOCK ? n - b : FX_BLOCK, i, j, w;
+        T mx[FX_LANES];
+        double acc[FX_LANES], cnt[FX_LANES];
+        for (j = 0; j < FX_LANES; j++) {
+            mx[j] = -(T)INFINITY; acc[j] = 0.0; cnt[j] = 0.0;
+        }
+        /* the block's max, FX_LANES partial results; a NaN is skipped here (comparisons with it
+         * are false) and caught by the sum it turns into NaN */
+        for (i = 0; i + FX_LANES <= len; i += FX_LANES) {
+            FX_SIMD
+            for (j = 0; j < FX_LANES; j++) {
+                T v = xb[i + j];
+                mx[j] = v > mx[j] ? v : mx[j];
+            }
+        }
+        for (j = 0; i + j < len; j++) {
+            T v = xb[i + j];
+            mx[j] = v > mx[j] ? v : mx[j];
+        }
+        for (w = FX_LANES / 2; w > 0; w /= 2)
+            for (j = 0; j < w; j++)
+                mx[j] = mx[j + w] > mx[j] ? mx[j + w] : mx[j];
+        T bmax = mx[0];
+        if (bmax == (T)INFINITY) {
+            /* +inf and no NaN anywhere in the row: m = t = +inf; a NaN: t = NaN */
+            int nan_row = nan_seen || t != t;
+            for (i = b; i < n && !nan_row; i++) nan_row = x[i] != x[i];
+            *m_out = nan_row ? (T)NAN : bmax;
+            *t_out = nan_row ? NAN : (double)INFINITY;
+            return 1;
+        }
+        T mn = bmax > m ? bmax : m;
+        if (store) bm[b / FX_BLOCK] = mn;
+        if (mn == -(T)INFINITY) {
+            /* every element so far is -inf or NaN: no exp to take, but a NaN must show */
+            int nan_blk = 0;
+            for (i = 0; i < len; i++) nan_blk |= xb[i] != xb[i];
+            nan_seen |= nan_blk;
+            if (store) for (i = 0; i < len; i++) eb[i] = nan_blk ? (T)NAN : (T)0;
+            continue;
+        }
+        /* The maximum's own exp(0) = 1 terms are counted apart (cnt), so that t holds the rest
+         * of the sum to full relative precision (tiny losses stay exact).  FX_CHUNK elements
+         * are summed in T per lane (FX_CHUNK / FX_LANES terms each, a few ulp), then added
+         * into the double accumulators. */
+        for (i = 0; i + FX_CHUNK <= len; i += FX_CHUNK) {
+            T fa[FX_LANES], fc[FX_LANES];
+            /* fetch the next block from memory while this one is computed */
+            if (b + FX_BLOCK + i + FX_CHUNK <= n)
+                for (ptrdiff_t q = 0; q < FX_CHUNK; q += 64 / (ptrdiff_t)sizeof(T))
+                    FX_PREFETCH(xb + FX_BLOCK + i + q);
+            FX_SIMD
+            for (j = 0; j < FX_LANES; j++) {
+                T a_ = 0, c_ = 0;
+                for (int u = 0; u < FX_CHUNK / FX_LANES; u++) {
+                    T d = xb[i + u * FX_LANES + j] - mn;
+                    T ev = FX_EXP(d);
+                    if (store) eb[i + u * FX_LANES + j] = ev;
+                    a_ += d == 0 ? (T)0 : ev;
+                    c_ += d == 0 ? (T)1 : (T)0;
+                }
+                fa[j] = a_;
+                fc[j] = c_;
+            }
+            FX_SIMD
+            for (j = 0; j < FX_LANES; j++) { acc[j] += (double)fa[j]; cnt[j] += (double)fc[j]; }
+        }
+        for (; i + FX_LANES <= len; i += FX_LANES) {
+            FX_SIMD
+            for (j = 0; j < FX_LANES; j++) {
+                T d = xb[i + j] - mn;
+                T ev = FX_EXP(d);
+                if (store) eb[i + j] = ev;
+                acc[j] += (double)(d == 0 ? (T)0 : ev);
+                cnt[j] += (double)(d == 0 ? (T)1 : (T)0);
+            }
+        }
+        for (j = 0; i + j < len; j++) {
+            T d = xb[i + j] - mn;
+            T ev = FX_EXP(d);
+            if (store) eb[i + j] = ev;
+            acc[j] += d == 0 ? 0.0 : (double)ev;
+            cnt[j] += d == 0 ? 1.0 : 0.0;
+        }
+        for (w = FX_LANES / 2; w > 0; w /= 2)
+            for (j = 0; j < w; j++) { acc[j] += acc[j + w]; cnt[j] += cnt[j + w]; }
+        if (m == -(T)INFINITY)
+            t = (cnt[0] - 1.0) + acc[0];
+        else if (mn > m)
+            t = (1.0 + t) * exp((double)m - (double)mn) + (cnt[0] - 1.0) + acc[0];
+        else
+            t += cnt[0] + acc[0];
+        m = mn;
+    }
+    if (nan_seen || t != t) {
+        *m_out = (T)NAN;
+        *t_out = NAN;
+        return 1;
+    }
+    *m_out = m;
+    *t_out = t;
+    return m == -(T)INFINITY;
+}
+
+/* Statistics of a segment (n <= FX_SEG); with e != NULL also e = exp(x - m_b) and the running
+ * max m_b of each FX_BLOCK block in bm (e may be the row's own gradient buffer). */
+static inline int FX_S(seg_stats)(const T *x, ptrdiff_t n, T *m_out, double *t_out, T *e, T *bm)
+{
+    if (e != NULL)
+        return FX_S(seg_stats_impl)(x, n, m_out, t_out, e, bm, 1);
+    return FX_S(seg_stats_impl)(x, n, m_out, t_out, NULL, NULL, 0);
+}
+
+/* Fold a segment's (mk, tk) into the running (m, t), in segment order; a NaN tk poisons t. */
+static inline void FX_S(stats_merge)(T *m, double *t, T mk, double tk)
+{
+    if (tk != tk) { *t = NAN; return; }
+    if (*t != *t) return;
+    if (mk == (T)INFINITY || *m == (T)INFINITY) { *m = (T)INFINITY; *t = INFINITY; return; }
+    if (mk == -(T)INFINITY) return;
+    if (*m == -(T)INFINITY) { *m = mk; *t = tk; return; }
+    if (mk > *m) {
+        *t = (1.0 + *t) * exp((double)*m - (double)mk) + tk;
+        *m = mk;
+    } else {
+        *t += (1.0 + tk) * exp((double)mk - (double)*m);
+    }
+}
+
+/* A finite statistic pair (m, t): not NaN, not +inf, not all -inf. */
+static inline int FX_S(stats_bad)(T m, double t)
+{
+    return (t != t) || m == -(T)INFINITY || m == (T)INFINITY;
+}
+
+/* Statistics of a row of any length (see the top of this file); e / bm as seg_stats. */
+static inline int FX_S(row_stats)(const T *x, ptrdiff_t n, T *m_out, double *t_out, T *e, T *bm)
+{
+    if (n <= FX_SEG) return FX_S(seg_stats)(x, n, m_out, t_out, e, bm);
+    T m = -(T)INFINITY, mk;
+    double t = 0.0, tk;
+    for (ptrdiff_t b = 0; b < n; b += FX_SEG) {
+        FX_S(seg_stats)(x + b, n - b < FX_SEG ? n - b : FX_SEG, &mk, &tk,
+                        e ? e + b : NULL, bm ? bm + b / FX_BLOCK : NULL);
+        FX_S(stats_merge)(&m, &t, mk, tk);
+        if (t != t) break;
+    }
+    *m_out = m;
+    *t_out = t;
+    return FX_S(stats_bad)(m, t);
+}
+
+/* sum(w * (m - x)) in double: the label-smoothing term (every term >= 0, no cancellation);
+ * w NULL: unit weights.  Segments in order, as row_stats. */
+static inline double FX_S(seg_gap)(const T *x, ptrdiff_t n, T m, const double *w)
+{
+    double acc = 0.0;
+    if (w == NULL) {
+        FX_SIMD_SUM(acc)
+        for (ptrdiff_t i = 0; i < n; i++) acc += (double)(m - x[i]);
+    } else {
+        FX_SIMD_SUM(acc)
+        for (ptrdiff_t i = 0; i < n; i++) acc += w[i] * (double)(m - x[i]);
+    }
+    return acc;
+}
+
+static inline double FX_S(row_gap)(const T *x, ptrdiff_t n, T m, const double *w)
+{
+    double acc = 0.0;
+    for (ptrdiff_t b = 0; b < n; b += FX_SEG)
+        acc += FX_S(seg_gap)(x + b, n - b < FX_SEG ? n - b : FX_SEG, m, w ? w + b : NULL);
+    return acc;
+}
+
+/* Soft targets: sp = sum(w p), spg = sum(w p (m - x)) in double (w NULL: unit weights). */
+static inline void FX_S(row_soft)(const T *x, const T *p, ptrdiff_t n, T m, const double *w,
+                                  double *sp, double *spg)
+{
+    double a = 0.0, b = 0.0;
+    if (w == NULL) {
+        FX_PRAGMA(omp simd reduction(+:a) reduction(+:b))
+        for (ptrdiff_t i = 0; i < n; i++) {
+            a += (double)p[i];
+            b += (double)p[i] * (double)(m - x[i]);
+        }
+    } else {
+        FX_PRAGMA(omp simd reduction(+:a) reduction(+:b))
+        for (ptrdiff_t i = 0; i < n; i++) {
+            double wp = w[i] * (double)p[i];
+            a += wp;
+            b += wp * (double)(m - x[i]);
+        }
+    }
+    *sp = a;
+    *spg = b;
+}
+
+/* ------------------------------------------------------------------ short rows
+ * R rows of C <= FX_SHORT_C contiguous classes at row stride rs (elements), vectorised across
+ * rows: m[r] = max, ls[r] = log(sum(exp(x - m))) (as log1p of the sum without the maximum's own
+ * 1; NaN for a NaN / +inf / all -inf row), is[r] = 1 / sum, xy[r] = x[r, y[r]]. */
+static inline void FX_S(short_stats)(const T *x, ptrdiff_t rs, ptrdiff_t R, ptrdiff_t C,
+                                     const ptrdiff_t *y, T *m, T *ls, T *is, T *xy)
+{
+    T tr[FX_SHORT_C * FX_SHORT_R];  /* the block transposed: tr[c][r], all in L1 */
+    T t[FX_SHORT_R], cnt[FX_SHORT_R];
+    int nan[FX_SHORT_R];
+    for (ptrdiff_t r = 0; r < R; r++)
+        for (ptrdiff_t c = 0; c < C; c++) tr[c * FX_SHORT_R + r] = x[r * rs + c];
+    FX_SIMD
+    for (ptrdiff_t r = 0; r < R; r++) {
+        T v = tr[r];
+        m[r] = v; nan[r] = v != v; t[r] = 0; cnt[r] = 0;
+    }
+    for (ptrdiff_t c = 1; c < C; c++) {
+        const T *tc = tr + c * FX_SHORT_R;
+        FX_SIMD
+        for (ptrdiff_t r = 0; r < R; r++) {
+            T v = tc[r];
+            m[r] = v > m[r] ? v : m[r];
+            nan[r] |= v != v;
+        }
+    }
+    for (ptrdiff_t c = 0; c < C; c++) {
+        const T *tc = tr + c * FX_SHORT_R;
+        FX_SIMD
+        for (ptrdiff_t r = 0; r < R; r++) {
+            T d = tc[r] - m[r];
+            T e = FX_EXP(d);
+            t[r] += d == 0 ? (T)0 : e;
+            cnt[r] += d == 0 ? (T)1 : (T)0;
+        }
+    }
+    FX_SIMD
+    for (ptrdiff_t r = 0; r < R; r++) xy[r] = tr[y[r] * FX_SHORT_R + r];
+    FX_SIMD
+    for (ptrdiff_t r = 0; r < R; r++) {
+        int bad = nan[r] | (m[r] == (T)INFINITY) | (m[r] == -(T)INFINITY);
+        T l = FX_LOG1P((cnt[r] - 1) + t[r]);
+        ls[r] = bad ? (T)NAN : l;
+        is[r] = (T)1 / (cnt[r] + t[r]);
+    }
+}
+
+/* ------------------------------------------------------------------ row writers
+ * The gradient (or softmax) of a row from its statistics.  Every writer may write over x
+ * (in-place gradient) unless it says otherwise. */
+
+/* g = a * exp(x - m) - c * w   (w NULL: g = a * exp(x - m) - c) */
+static inline void FX_S(row_grad)(const T *x, T *g, ptrdiff_t n, T m, T a, T c, const double *w)
+{
+    if (w == NULL) {
+        FX_SIMD
+        for (ptrdiff_t i = 0; i < n; i++) g[i] = a * FX_EXP(x[i] - m) - c;
+    } else {
+        FX_SIMD
+        for (ptrdiff_t i = 0; i < n; i++) g[i] = a * FX_EXP(x[i] - m) - c * (T)w[i];
+    }
+}
+
+/* The gradient from stored exps: g = a * exp(bm_b - m) * e - c * w over the FX_BLOCK blocks
+ * of e (e = exp(x - bm_b), as seg_stats / row_stats store them; g may be e itself). */
+static inline void FX_S(row_grad_e)(const T *e, const T *bm, T *g, ptrdiff_t n, T m, double a,
+                                    T c, const double *w)
+{
+    for (ptrdiff_t b = 0; b < n; b += FX_BLOCK) {
+        ptrdiff_t len = n - b < FX_BLOCK ? n - b : FX_BLOCK;
+        T f = (T)(a * exp((double)bm[b / FX_BLOCK] - (double)m));
+        const T *eb = e + b;
+        T *gb = g + b;
+        if (w == NULL) {
+            FX_SIMD
+            for (ptrdiff_t i = 0; i < len; i++) gb[i] = f * eb[i] - c;
+        } else {
+            const double *wb = w + b;
+            FX_SIMD
+            for (ptrdiff_t i = 0; i < len; i++) gb[i] = f * eb[i] - c * (T)wb[i];
+        }
+    }
+}
+
+/* row_grad_e written with non-temporal stores into g (g must not overlap e): computed
+ * FX_CHUNK elements at a time into an L1 buffer, then streamed out. */
+static inline void FX_S(row_grad_e_stream)(const T *e, const T *bm, T *g, ptrdiff_t n, T m,
+                                           double a, T c, const double *w)
+{
+    T buf[FX_CHUNK] __attribute__((aligned(64)));
+    ptrdiff_t head = (ptrdiff_t)(((64 - ((uintptr_t)g & 63)) & 63) / sizeof(T));
+    if (!FX_HAVE_STREAM || ((uintptr_t)g % sizeof(T)) || head >= n) {
+        FX_S(row_grad_e)(e, bm, g, n, m, a, c, w);
+        return;
+    }
+    /* the head (fewer than 64 bytes) with plain stores, then FX_CHUNK-element chunks from
+     * the first 64-byte aligned element (a chunk may span two blocks of e) */
+    ptrdiff_t i = 0, cur = -1;
+    T f = 0;
+    for (; i < head; i++) {
+        if (i / FX_BLOCK != cur) { cur = i / FX_BLOCK; f = (T)(a * exp((double)bm[cur] - (double)m)); }
+        g[i] = f * e[i] - c * (w ? (T)w[i] : (T)1);
+    }
+    for (; i < n; i += FX_CHUNK) {
+        ptrdiff_t cl = n - i < FX_CHUNK ? n - i : FX_CHUNK;
+        for (ptrdiff_t q = 0; q < cl;) {
+            ptrdiff_t blk = (i + q) / FX_BLOCK, end = (blk + 1) * FX_BLOCK - i;
+            end = end < cl ? end : cl;
+            if (blk != cur) { cur = blk; f = (T)(a * exp((double)bm[cur] - (double)m)); }
+            if (w == NULL) {
+                FX_SIMD
+                for (ptrdiff_t u = q; u < end; u++) buf[u] = f * e[i + u] - c;
+            } else {
+                FX_SIMD
+                for (ptrdiff_t u = q; u < end; u++) buf[u] = f * e[i + u] - c * (T)w[i + u];
+            }
+            q = end;
+        }
+        if (cl == FX_CHUNK)
+            fx_stream_copy(g + i, buf, FX_CHUNK * (ptrdiff_t)sizeof(T));
+        else
+            memcpy(g + i, buf, (size_t)cl * sizeof(T));
+    }
+}
+
+/* soft-target gradient: g = a * exp(x - m) - w * (b * p + c) */
+static inline void FX_S(row_grad_soft)(const T *x, const T *p, T *g, ptrdiff_t n, T m, T a, T b,
+                                       T c, const double *w)
+{
+    if (w == NULL) {
+        FX_SIMD
+        for (ptrdiff_t i = 0; i < n; i++) g[i] = a * FX_EXP(x[i] - m) - (b * p[i] + c);
+    } else {
+        FX_SIMD
+        for (ptrdiff_t i = 0; i < n; i++) g[i] = a * FX_EXP(x[i] - m) - (T)w[i] * (b * p[i] + c);
+    }
+}
+
+/* short rows: g[r, c] = a[r] * exp(x[r, c] - m[r]) - cw[r] * (w ? w[c] : 1) */
+static inline void FX_S(short_grad)(const T *x, ptrdiff_t rs, T *g, ptrdiff_t gs, ptrdiff_t R,
+                                    ptrdiff_t C, const T *m, const T *a, const T *cw,
+                                    const double *w)
+{
+    for (ptrdiff_t c = 0; c < C; c++) {
+        T wc = w ? (T)w[c] : (T)1;
+        FX_SIMD
+        for (ptrdiff_t r = 0; r < R; r++)
+            g[r * gs + c] = a[r] * FX_EXP(x[r * rs + c] - m[r]) - cw[r] * wc;
+    }
+}
+
+/* log-softmax: y = (x - m) - ls with ls = log(s); x - m is exact near the max */
+static inline void FX_S(row_shift)(const T *x, T *y, ptrdiff_t n, T m, T ls)
+{
+    FX_SIMD
+    for (ptrdiff_t i = 0; i < n; i++) y[i] = (x[i] - m) - ls;
+}
+
+#undef T
