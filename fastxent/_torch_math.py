@@ -63,11 +63,45 @@ def target_weights(x, target, weight, ignore_index, label_smoothing):
     return qw, denom, valid
 
 
-def xent_row_grad(x, target, weight, ignore_index, label_smoothing, z_loss=0.0):
-    """(g, denom, valid): g = d(loss of each row)/dx of the softmax cross-entropy."""
+def _focal_factors(x, target, ignore_index, gamma):
+    """(u, F) per row for class-index targets: u = (1 - p_y)^gamma (the loss factor) and
+    F = u - gamma (1 - p_y)^(gamma - 1) p_y log p_y (the gradient factor), both (N, 1, d1, ...);
+    F is 0 where p_y = 1 and 1 where p_y = 0 (the limits), with no 0 * inf on any branch."""
+    y = target.long().unsqueeze(1)
+    safe = torch.where(y != ignore_index, y, 0)
+    lp = torch.log_softmax(x, 1).gather(1, safe)
+    p = lp.exp()
+    q = -torch.expm1(lp)                                  # 1 - p_y
+    qs = torch.where(q > 0, q, 1.0)
+    lps = torch.where(p > 0, lp, 0.0)
+    u = q ** gamma
+    f = qs ** gamma - gamma * qs ** (gamma - 1) * p * lps
+    return u, torch.where(q > 0, f, 0.0)
+
+
+def focal_loss(x, target, weight, ignore_index, reduction, gamma):
+    """The focal loss -(1 - p_y)^gamma log p_y (times w[y]) in torch operations, reduced as
+    the cross-entropy ("mean": / sum of w[y] over the rows that are not ignored)."""
+    unbatched = x.dim() == 1
+    if unbatched:
+        x, target = x.unsqueeze(0), target.unsqueeze(0)
+    xc = x.to(compute_dtype(x.dtype))
+    qw, denom, valid = target_weights(xc, target, weight, ignore_index, 0.0)
+    u, _ = _focal_factors(xc, target, ignore_index, gamma)
+    rows = -(qw * torch.log_softmax(xc, 1)).sum(1, keepdim=True) * u
+    rows = torch.where(valid, rows, 0.0).squeeze(1)
+    out = reduce_rows(rows, reduction, denom).to(x.dtype)
+    return out.squeeze(0) if unbatched and reduction == "none" else out
+
+
+def xent_row_grad(x, target, weight, ignore_index, label_smoothing, z_loss=0.0, focal_gamma=0.0):
+    """(g, denom, valid): g = d(loss of each row)/dx of the softmax cross-entropy (times the
+    focal factor F for focal_gamma > 0: d/dx of -(1 - p_y)^gamma log p_y is F (p - onehot))."""
     qw, denom, valid = target_weights(x, target, weight, ignore_index, label_smoothing)
     p = torch.softmax(x, 1)
     g = p * qw.sum(1, keepdim=True) - qw
+    if focal_gamma:
+        g = g * _focal_factors(x, target, ignore_index, focal_gamma)[1]
     if z_loss:
         zg = (2.0 * z_loss) * torch.logsumexp(x, 1, keepdim=True) * p
         g = g + (zg if valid is None else torch.where(valid, zg, 0.0))

@@ -6,20 +6,25 @@ block (:class:`fastxent.score.ExactSum`: the losses' sum, and the sum of the wei
 the mean's denominator).  So ``reduction="mean"`` is *sum of weighted losses / sum of weights*
 with ignored rows left out, rounded once, and the same for any chunking or number of workers.
 
+Scoring (:func:`score_files`, :func:`score_summary`) reads every format ``fastxent score`` reads
+through the same readers (Zarr through ``dask.array.from_zarr``), in blocks of at least 64 MiB
+of scores, scores each block where it lives with the local engine's chunk function and gathers
+only its exact totals: the summary equals the local one exactly.
+
 Works with any Dask scheduler; with ``dask.distributed``::
 
     from dask.distributed import Client
     import fastxent.dask as fxd
 
     client = Client("tcp://scheduler:8786")          # or LocalCluster() for one machine
+    print(fxd.score_files("/shared/shards", client=client).format())
     logits, labels = fxd.from_npy_shards(sorted(glob("shards/logits_*.npy")),
                                          sorted(glob("shards/labels_*.npy")))
     loss = fxd.cross_entropy(logits, labels).compute()
-    print(fxd.score_summary(logits, labels).format())
 
-``from_npy``/``from_npy_shards`` memory-map the files inside the workers (only the path travels,
-so the files must be visible to every worker at the same path, e.g. on a shared file system).
-Requires the optional extra ``dask`` (``pip install 'fastxent[dask]'``); dask is imported lazily.
+Files are opened by the workers themselves (only the path travels), so they must be visible to
+every worker at the same path, e.g. on a shared file system.  Requires the optional extra
+``dask`` (``pip install 'fastxent[dask]'``); dask is imported lazily.
 """
 import math
 import os
@@ -28,11 +33,13 @@ import time
 import numpy as np
 
 from . import score as _score
-from .score import ExactSum, NpyArray, ScoreError
+from .score import ExactSum, ScoreError, check_labels, engine
 
-__all__ = ["cross_entropy", "score_summary", "score_files", "from_npy", "from_npy_shards"]
+__all__ = ["cross_entropy", "score_summary", "score_files", "from_npy", "from_npy_shards",
+           "BLOCK_BYTES"]
 
 _UNSUPPORTED = ("axis", "return_z_loss", "out", "inplace", "grad_output", "grad_dtype")
+BLOCK_BYTES = 64 << 20        # default block: at least this many bytes of scores
 
 
 def _dask():
@@ -46,27 +53,36 @@ def _dask():
 
 
 # ============================================================================ inputs
-def _from_source(src, chunk_rows):
-    _, da = _dask()
-    from dask.base import tokenize
+def _block_rows(width, itemsize, chunk_rows=None):
+    return chunk_rows or max(1, -(-BLOCK_BYTES // max(1, width * itemsize)))
 
-    if isinstance(src, _score.NpzStream):
-        raise ScoreError(f"{src.label}: compressed .npz members cannot be split across Dask "
+
+def _rows_array(reader, width, rows_per_block):
+    """A reader's rows of ``width`` values as a dask array chunked by rows (each block read by
+    the worker that needs it; Zarr through dask.array.from_zarr)."""
+    _, da = _dask()
+    if reader.sequential:
+        raise ScoreError(f"{reader.label}: compressed .npz members cannot be split across Dask "
                          "workers; use .npy files (or np.savez)")
-    if not isinstance(src, NpyArray):
-        return da.asarray(src).rechunk((chunk_rows,) + (-1,) * (src.ndim - 1))
-    chunks = (chunk_rows,) + tuple(src.shape[1:])
-    return da.from_array(src, chunks=chunks, name="fastxent-npy-" + tokenize(src, chunks),
-                         meta=np.empty((0,) * src.ndim, src.dtype), fancy=False)
+    rows = reader.size // width if width else 0
+    if type(reader).__name__ == "ZarrReader":
+        arr = da.from_zarr(reader.path, component=reader.key)
+        arr = arr.reshape((rows,) if width == 1 else (rows, width))
+        return arr.rechunk({0: rows_per_block} if width == 1 else {0: rows_per_block, 1: -1})
+    view = reader.rows(width)
+    chunks = (rows_per_block,) + view.shape[1:]
+    from dask.base import tokenize
+    return da.from_array(view, chunks=chunks, name="fastxent-rows-" + tokenize(view, chunks),
+                         meta=np.empty((0,) * view.ndim, view.dtype), fancy=False)
 
 
 def from_npy(path, chunk_rows=None, *, member=None):
-    """A .npy file (or an uncompressed .npz ``member``) as a dask array chunked by rows; each
-    block is read from a memory map opened by the worker that needs it."""
-    src = NpyArray(path, member)
-    if chunk_rows is None:
-        chunk_rows = _score.default_chunk_rows(math.prod(src.shape[1:]), src.dtype.itemsize)
-    return _from_source(src, chunk_rows)
+    """A .npy file (or an uncompressed .npz ``member``) as a dask array chunked by rows (default:
+    blocks of at least 64 MiB); each block is read by the worker that needs it."""
+    src = _score.NpzReader(path, member) if member is not None else _score.NpyReader(path)
+    width = math.prod(src.shape[1:])
+    arr = _rows_array(src, width, _block_rows(width, src.dtype.itemsize, chunk_rows))
+    return arr.reshape(src.shape) if src.ndim > 2 else arr
 
 
 def from_npy_shards(logits_paths, labels_paths, chunk_rows=None):
@@ -74,18 +90,11 @@ def from_npy_shards(logits_paths, labels_paths, chunk_rows=None):
     given (validated like ``fastxent score``'s inputs)."""
     if len(logits_paths) != len(labels_paths):
         raise ScoreError(f"labels: {len(labels_paths)} files for {len(logits_paths)} logits files")
-    pairs = [(NpyArray(a), NpyArray(b)) for a, b in zip(logits_paths, labels_paths)]
-    _score._check_pairs(pairs)
-    return _from_pairs(pairs, chunk_rows)
-
-
-def _from_pairs(pairs, chunk_rows=None):
-    _, da = _dask()
-    C, dt = pairs[0][0].shape[1], pairs[0][0].dtype
-    K = chunk_rows or _score.default_chunk_rows(C, dt.itemsize)
-    logits = da.concatenate([_from_source(lg, K) for lg, _ in pairs], axis=0)
-    labels = da.concatenate([_from_source(lb, K) for _, lb in pairs], axis=0)
-    return logits, labels
+    readers = [(_score.NpyReader(a), _score.NpyReader(b))
+               for a, b in zip(logits_paths, labels_paths)]
+    inputs = _score.validate_inputs(readers)
+    K = _block_rows(inputs.width, inputs.logits.dtype.itemsize, chunk_rows)
+    return (_rows_array(inputs.logits, inputs.width, K), _rows_array(inputs.labels, 1, K))
 
 
 def _by_rows(logits, target, soft):
@@ -107,7 +116,7 @@ def _block_losses(x, t, row0, kw, ignore_index):
     import fastxent
 
     if t.dtype.kind != "f":
-        _score.check_labels(t, x.shape[1], ignore_index, int(row0), "target")
+        check_labels(t, x.shape[1], ignore_index, int(row0), "target")
     return fastxent.cross_entropy(x, t, ignore_index=ignore_index, reduction="none", **kw)
 
 
@@ -187,7 +196,29 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
     return da.from_delayed(total, shape=(), dtype=dtype, meta=np.empty((), dtype))
 
 
+
+
 # ============================================================================ scoring
+def _labels64(y, row0):
+    y = np.asarray(y).reshape(-1)
+    big = np.iinfo(np.int64).max
+    if y.dtype.kind == "u" and y.dtype.itemsize == 8 and y.size and y.max() > big:
+        i = int(np.argmax(y > big))
+        raise ScoreError(f"labels: label {y[i]} at row {row0 + i} is out of range")
+    return y.astype(np.int64)
+
+
+def _score_block(x, y, w, row0, ctx, cdtype, offsets, ends):
+    """The local engine's chunk function on one block of rows, where the block lives."""
+    x = np.ascontiguousarray(x, dtype=cdtype).reshape(x.shape[0], -1)
+    y = _labels64(y, row0)
+    if ctx.shift:
+        engine.shift_labels(y, row0, ends, ctx.ignore_index)
+    w = None if w is None else np.asarray(w, np.float64).reshape(-1)
+    part, losses, seq = engine.score_chunk(x, y, w, row0, ctx, offsets)
+    return row0, part, losses, seq
+
+
 def _active_client(client):
     if client is not None:
         return client
@@ -198,138 +229,181 @@ def _active_client(client):
         return None
 
 
-def _score_rows(logits, labels, start, stop, row0, kw):
-    """score_block on rows start:stop of two NpyArrays, read by the worker running it."""
-    return _score.score_block(logits[start:stop], labels[start:stop], row0,
-                              where=_score._label(labels, "labels"), **kw)
-
-
-def _check_arrays(logits, labels):
-    if logits.ndim != 2 or logits.dtype not in _score.LOGITS_DTYPES:
-        raise ScoreError(f"logits: expected a 2-D float16/32/64 array, got shape {logits.shape} "
-                         f"dtype {logits.dtype}")
-    if labels.ndim != 1 or labels.dtype.kind not in "iu" or labels.shape[0] != logits.shape[0]:
-        raise ScoreError(f"labels: expected {logits.shape[0]} integer labels, got shape "
-                         f"{labels.shape} dtype {labels.dtype}")
-
-
-def _score_tasks(make_tasks, n_rows, n_classes, dtype, nbytes, *, offsets, ignore_index, base,
-                 num_threads, out, progress, client):
-    """Run the block tasks ``make_tasks(kw, offs, keep_losses)`` gives, gathering results."""
-    dask, _ = _dask()
-    base = _score._log_base(base)
-    num_threads = _score._positive_int(num_threads, "--threads")
-    offs = None if offsets is None else _score.load_offsets(offsets, n_rows)
-    run = _score._Run(n_rows, n_classes, dtype, offs, out, base, _score._loss_dtype(dtype))
-    bar = _score.progress_bar(n_rows, progress)
-    t0 = time.perf_counter()
+def _workers(client):
     try:
-        kw = dict(ignore_index=ignore_index, num_threads=num_threads,
-                  keep_losses=run.writer is not None)
-        tasks = make_tasks(kw, offs)
-        client = _active_client(client)
-        if client is not None:
-            from distributed import as_completed
+        return len(client.scheduler_info().get("workers", {}))
+    except Exception:  # noqa: BLE001 - the scheduler is gone: no worker either
+        return 0
 
-            futures = client.compute(tasks)
-            try:
-                for fut in as_completed(futures, loop=client.loop):
-                    r = fut.result()
-                    run.add(r)
-                    bar.update(r.rows)
+
+def _gather_distributed(client, tasks, add, timeout):
+    """Compute ``tasks`` on the cluster, passing each result to ``add`` as it arrives; stop with
+    an error when no worker has been left for ``timeout`` seconds."""
+    from distributed import as_completed
+
+    futures = client.compute(tasks)
+    ready, left, alone_since = as_completed(futures, loop=client.loop), len(futures), None
+    checked = time.monotonic()
+    try:
+        while left:
+            if ready.has_ready():
+                for fut in ready.next_batch(block=False):
+                    add(_result(fut))
                     fut.release()
-            except BaseException:
-                client.cancel(futures)
-                raise
-        else:
-            for r in dask.compute(*tasks):
-                run.add(r)
-                bar.update(r.rows)
-        return run.finish(time.perf_counter() - t0, nbytes)
+                    left -= 1
+                alone_since = None
+                continue
+            now = time.monotonic()
+            if now - checked < min(0.5, timeout):
+                time.sleep(0.02)
+                continue
+            checked = now
+            if _workers(client):
+                alone_since = None
+            else:
+                alone_since = alone_since or time.monotonic()
+                if time.monotonic() - alone_since >= timeout:
+                    raise ScoreError(f"dask_timeout: no Dask worker left for {timeout:g} s; "
+                                     f"stopped with {left} of {len(futures)} blocks not scored")
+            time.sleep(0.02)
     except BaseException:
-        run.abort()
+        client.cancel(futures)
         raise
-    finally:
-        bar.close()
 
 
-def _with_offsets(kw, offs, row0, rows):
-    return kw if offs is None else dict(kw, offsets=_score.offsets_slice(offs, row0, rows))
+def _compute(tasks, client, timeout, add):
+    """Compute delayed ``tasks``, passing each result to ``add`` (in any order)."""
+    if client is not None:
+        _gather_distributed(client, list(tasks), add, timeout)
+        return
+    dask, _ = _dask()
+    step = 4 * (os.cpu_count() or 1)
+    for i in range(0, len(tasks), step):
+        for r in dask.compute(*tasks[i:i + step], scheduler="threads"):
+            add(r)
 
 
-def score_summary(logits, labels, *, offsets=None, ignore_index=-100, base=None,
-                  num_threads=None, out=None, progress=False, client=None):
-    """``fastxent.score`` over dask arrays: a :class:`fastxent.score.ScoreSummary` (computed now).
+def _result(fut):
+    try:
+        return fut.result()
+    except ScoreError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - KilledWorker, CommClosedError, ...
+        if type(exc).__name__ == "KilledWorker":
+            raise ScoreError(f"address: a block was lost with its workers too often "
+                             f"({exc})") from None
+        raise
 
-    Each row block is scored where it lives (``fastxent.score.score_block``) and sends back
-    only its exact sums and counts (and its per-row losses when ``out`` is given, which the
-    client writes atomically as they arrive).  With a ``dask.distributed`` client (``client``
-    or the default one) blocks are gathered as they finish; otherwise ``dask.compute``.
-    """
+
+def _run(inputs, x, y, w, opts, offsets, out, per_class, client, timeout, paths):
+    """Score the row views ``x`` (rows, width), ``y``, ``w`` (dask arrays)."""
     dask, da = _dask()
+    offs = _score.sequences(inputs, opts, offsets)
+    _score.check_outputs(out, per_class, paths)
+    ctx = _score.context(inputs, opts, per_class is not None)
+    cdtype = engine.compute_dtype(inputs.logits.dtype)
+    N = inputs.rows
+    client = _active_client(client)
+    if ctx.kind == "auto":          # from the rows of a local first chunk, then every block
+        k = min(N, opts.chunk_rows or engine.CHUNK_BYTES // max(1, inputs.width * cdtype.itemsize))
+        first = []
+        if k:
+            _compute(x[:max(k, 1)].rechunk({0: -1}).to_delayed().ravel(), client, timeout,
+                     first.append)
+        ctx.kind = "logits" if not first else engine.detect_kind(
+            np.asarray(first[0], cdtype).reshape(first[0].shape[0], -1), inputs.binary)
+        ctx.detected, ctx.first_rows = ctx.kind == "probs", k
+    if ctx.eps is None:
+        ctx.eps = float(np.finfo(cdtype).eps)
+    ctx.keep_losses = out is not None
+    rows_chunks = x.chunks[0]
+    if opts.shift:
+        y = da.concatenate([y[1:], da.full((1,), opts.ignore_index, dtype=y.dtype)])
+    y = y.rechunk((rows_chunks,))
+    w = None if w is None else w.rechunk((rows_chunks,))
+    ends = engine.sequence_ends(offs) if opts.shift else None
+    starts = np.concatenate([[0], np.cumsum(rows_chunks)[:-1]]).astype(np.int64).tolist()
+    block = dask.delayed(_score_block, pure=True)
+    wb = [None] * len(starts) if w is None else w.to_delayed().ravel()
+    tasks = []
+    for xb, yb, wbk, r0, n in zip(x.to_delayed().ravel(), y.to_delayed().ravel(), wb, starts,
+                                  rows_chunks):
+        part = None if offs is None else engine.offsets_part(offs, r0, n)
+        e = None if ends is None else ends[np.searchsorted(ends, r0):np.searchsorted(ends, r0 + n)]
+        tasks.append(block(xb, yb, wbk, r0, ctx, cdtype, part, e))
+    run = engine.Run(inputs, opts, ctx, offs, out, per_class)
+    return run.execute(lambda add: _compute(tasks, client, timeout, lambda r: add(*r)))
+
+
+def _options(chunk_rows, kw):
+    """Validated options; without ``num_threads`` a block uses one thread (Dask runs blocks in
+    parallel: as many as the workers have threads)."""
+    kw.setdefault("num_threads", 1)
+    return _score.options(chunk_rows=chunk_rows, **kw)
+
+
+def score_summary(logits, labels, *, weights=None, offsets=None, out=None, per_class=None,
+                  client=None, timeout=60.0, **options):
+    """``fastxent.score`` over dask arrays: a :class:`fastxent.score.ScoreSummary`, computed now.
+
+    logits: (N, C), (B, T, V) or binary (N,) dask arrays (or anything ``dask.array.asarray``
+    takes), labels and ``weights`` of the matching shape; ``options``: those of
+    :func:`fastxent.score.score_files` (input, binary, shift, per_sequence, ignore_index, base,
+    top_k, ece_bins, eps, num_threads, progress).  Each row block is scored where it lives and
+    sends back its exact totals (and its per-row losses when ``out`` is given, written to the
+    file as they arrive).  With a ``dask.distributed`` client (``client`` or the default one)
+    blocks are gathered as they finish and ``timeout`` seconds without any worker stop the run
+    with a ScoreError; otherwise ``dask.compute``.
+    """
+    _, da = _dask()
     logits, labels = da.asarray(logits), da.asarray(labels)
-    _check_arrays(logits, labels)
-    logits, labels = _by_rows(logits, labels, False)
-
-    def make_tasks(kw, offs):
-        block = dask.delayed(_score.score_block, pure=True)
-        return [block(x, y, r, **_with_offsets(kw, offs, r, n))
-                for x, y, r, n in zip(logits.to_delayed().ravel(), labels.to_delayed().ravel(),
-                                      _row_starts(logits.chunks[0]), logits.chunks[0])]
-
-    return _score_tasks(make_tasks, logits.shape[0], logits.shape[1], logits.dtype,
-                        logits.nbytes + labels.nbytes, offsets=offsets, ignore_index=ignore_index,
-                        base=base, num_threads=num_threads, out=out, progress=progress,
-                        client=client)
+    weights = None if weights is None else da.asarray(weights)
+    opts = _options(None, options)
+    inputs = _score.inputs_from_arrays(logits, labels, weights=weights, binary=opts.binary)
+    x = logits.reshape((inputs.rows, inputs.width)).rechunk({1: -1})
+    y = labels.reshape((inputs.rows,))
+    w = None if weights is None else weights.reshape((inputs.rows,))
+    return _run(inputs, x, y, w, opts, offsets, out, per_class, client, timeout,
+                [p for p in (offsets,) if isinstance(p, (str, os.PathLike))])
 
 
 def score_files(logits, labels=None, *, address=None, client=None, chunk_rows=None,
-                offsets=None, ignore_index=-100, base=None, num_threads=None, out=None,
-                progress=False):
-    """``fastxent.score.score_files`` on Dask: the same inputs and options.  Each task opens
-    its ``chunk_rows`` rows as a memory map where it runs (the files must be visible to every
-    worker at the same path) and sends back only sums and counts.  ``address`` connects a
-    ``dask.distributed.Client`` (e.g. "tcp://scheduler:8786") for the duration of the call;
-    otherwise ``client``, the default client, or the local Dask scheduler is used."""
-    dask, _ = _dask()
-    pairs = _score.open_inputs(logits, labels)
-    for pair in pairs:
-        for src in pair:
-            if isinstance(src, _score.NpzStream):
-                raise ScoreError(f"{src.label}: compressed .npz members cannot be split across "
-                                 "Dask workers; use .npy files (or np.savez)")
-    chunk_rows = _score._positive_int(chunk_rows, "--chunk-rows")
-    if out is not None:
-        _score._check_out_not_input(out, pairs)
-    n_rows = sum(lg.shape[0] for lg, _ in pairs)
-    C, dtype = pairs[0][0].shape[1], pairs[0][0].dtype
-    K = chunk_rows or _score.default_chunk_rows(C, dtype.itemsize)
-    nbytes = sum(lg.nbytes + lb.nbytes for lg, lb in pairs)
+                timeout=60.0, logits_key=None, labels_key=None, weights=None, offsets=None,
+                out=None, per_class=None, **options):
+    """:func:`fastxent.score.score_files` on Dask: the same inputs and options, read through the
+    same readers by the workers (the files must be visible to every worker at the same path)
+    in blocks of ``chunk_rows`` rows (default: at least 64 MiB of scores).  ``address``
+    connects a ``dask.distributed.Client`` (e.g. "tcp://scheduler:8786") for the duration of
+    the call; otherwise ``client``, the default client, or the local Dask scheduler is used.
+    ``timeout``: seconds without any worker before the run stops with a ScoreError.  The
+    summary equals the local one exactly.
+    """
+    _dask()
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
+        raise ScoreError(f"dask_timeout: expected seconds >= 0, got {timeout!r}")
+    opts = _options(chunk_rows, options)
+    inputs = _score.open_inputs(logits, labels, logits_key=logits_key, labels_key=labels_key,
+                                weights=weights, binary=opts.binary)
+    K = _block_rows(inputs.width, inputs.logits.dtype.itemsize, opts.chunk_rows)
+    x = _rows_array(inputs.logits, inputs.width, K)
+    y = _rows_array(inputs.labels, 1, K)
+    w = None if inputs.weights is None else _rows_array(inputs.weights, 1, K)
+    paths = inputs.paths + [os.fspath(offsets)] if isinstance(offsets, (str, os.PathLike)) \
+        else inputs.paths
 
-    def make_tasks(kw, offs):
-        task = dask.delayed(_score_rows, pure=True)
-        tasks, row0 = [], 0
-        for lg, lb in pairs:
-            lg._cache = lb._cache = None       # the client's maps stay out of the graph
-            n = lg.shape[0]
-            for a in range(0, n, K):
-                b = min(n, a + K)
-                tasks.append(task(lg, lb, a, b, row0 + a, _with_offsets(kw, offs, row0 + a, b - a)))
-            row0 += n
-        return tasks
-
-    def go(client):
-        return _score_tasks(make_tasks, n_rows, C, dtype, nbytes, offsets=offsets,
-                            ignore_index=ignore_index, base=base, num_threads=num_threads,
-                            out=out, progress=progress, client=client)
-
-    if address is None:
-        return go(client)
-    from distributed import Client
+    def go(c):
+        return _run(inputs, x, y, w, opts, offsets, out, per_class, c, float(timeout), paths)
 
     try:
-        client = Client(os.fspath(address), timeout="10s", set_as_default=False)
-    except (OSError, ValueError, TypeError) as exc:
-        raise ScoreError(f"--dask: cannot connect to {address}: {exc}") from None
-    with client:
-        return go(client)
+        if address is None:
+            return go(client)
+        from distributed import Client
+
+        try:
+            client = Client(os.fspath(address), timeout="10s", set_as_default=False)
+        except (OSError, ValueError, TypeError) as exc:
+            raise ScoreError(f"address: cannot connect to {address}: {exc}") from None
+        with client:
+            return go(client)
+    finally:
+        inputs.close()

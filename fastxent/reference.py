@@ -44,7 +44,7 @@ from ._reference_probs import __all__ as _probs_all
 from ._reference_probs import _REDUCTIONS, _as_float_array, _check_reduction, _log_unit
 
 __all__ = ["logsumexp", "log_softmax", "softmax", "cross_entropy", "cross_entropy_with_grad",
-           "nll_loss", "nll_loss_with_grad", "perplexity"] + list(_probs_all)
+           "nll_loss", "nll_loss_with_grad", "perplexity", "score_rows"] + list(_probs_all)
 
 
 # --------------------------------------------------------------------------------------------
@@ -572,3 +572,50 @@ def perplexity(logits, target, *, base=None, **cross_entropy_kwargs):
     loss = cross_entropy(logits, target, **cross_entropy_kwargs)
     with np.errstate(over="ignore"):
         return np.exp(loss)
+
+
+# --------------------------------------------------------------------------------------------
+# batch scoring: the per-row statistics of fastxent.score
+# --------------------------------------------------------------------------------------------
+def score_rows(x, labels, kind="logits", ignore_index=-100, eps=None):
+    """``(loss, rank, conf, brier, bad_row)`` of each row, in float64, one row at a time: the
+    ground truth of ``fastxent.score._rows.row_scores`` (see its docstring for the contract).
+
+    kind: "logits" (p = softmax(x)), "log-probs" (p = exp(x)) or "probs" (p = x, the loss
+    clipped at ``eps``; None: the machine epsilon of x's dtype).  rank counts the classes that
+    come before the label in a descending order of x with NaN first and ties by class index.
+    """
+    x = np.asarray(x)
+    eps = float(np.finfo(x.dtype).eps) if eps is None else float(eps)
+    x = x.astype(np.float64)
+    y = np.asarray(labels).astype(np.int64)
+    n, c = x.shape
+    loss, conf, brier = np.zeros(n), np.zeros(n), np.zeros(n)
+    rank = np.full(n, -1, dtype=np.int64)
+    bad = (y != ignore_index) & ((y < 0) | (y >= c))
+    if bad.any():
+        return loss, rank, conf, brier, int(np.flatnonzero(bad)[0])
+    with np.errstate(all="ignore"):
+        for i in np.flatnonzero(y != ignore_index):
+            row, k = x[i], int(y[i])
+            if kind == "logits":
+                p = softmax(row)
+                loss[i] = cross_entropy(row[None], np.array([k]), reduction="none")[0]
+            elif kind == "log-probs":
+                p = np.exp(row)
+                loss[i] = -row[k]
+            elif kind == "probs":
+                p = row
+                loss[i] = -np.log(min(max(row[k], eps), 1.0)) if row[k] == row[k] else np.nan
+            else:
+                raise ValueError(f"kind: expected 'logits', 'log-probs' or 'probs', got {kind!r}")
+            conf[i] = np.max(p)
+            brier[i] = np.sum((p - (np.arange(c) == k)) ** 2)
+            # the classes before the label: NaN first, then larger values, ties by class index
+            isnan, earlier = np.isnan(row), np.arange(c) < k
+            if isnan[k]:
+                before = isnan & earlier
+            else:
+                before = isnan | (row > row[k]) | ((row == row[k]) & earlier)
+            rank[i] = np.count_nonzero(before)
+    return loss, rank, conf, brier, -1

@@ -139,8 +139,8 @@ def fallback_reason(input, target, weight=None, *, loss="cross_entropy"):
 
 
 # ------------------------------------------------------------------ the computation
-def _forward(input, target, weight, ignore_index, reduction, label_smoothing, need_grad,
-             num_threads, log_probs=False):
+def _forward(input, target, weight, ignore_index, reduction, label_smoothing, focal_gamma,
+             need_grad, num_threads, log_probs=False):
     """(loss, grad or None) for CPU tensors: d(loss)/d(input) at unit grad_output; the loss is
     the cross-entropy of logits, or with ``log_probs`` the nll_loss of log-probabilities."""
     x = _np_view(input)
@@ -153,6 +153,7 @@ def _forward(input, target, weight, ignore_index, reduction, label_smoothing, ne
     else:
         loss_fn, loss_with_grad = _fx.cross_entropy, _fx.cross_entropy_with_grad
         kw["label_smoothing"] = label_smoothing
+        kw["focal_gamma"] = focal_gamma
     grad = None
     if need_grad:
         # A new tensor from torch's allocator, written by the kernel through a NumPy view.
@@ -205,7 +206,8 @@ def _row_grad(ctx, input, target, weight):
     x = input.to(_tm.compute_dtype(input.dtype))
     if ctx.log_probs:
         return _tm.nll_row_grad(x, target, weight, ctx.ignore_index)
-    return _tm.xent_row_grad(x, target, weight, ctx.ignore_index, ctx.label_smoothing)
+    return _tm.xent_row_grad(x, target, weight, ctx.ignore_index, ctx.label_smoothing,
+                             focal_gamma=ctx.focal_gamma)
 
 
 def _input_grad(ctx, grad_loss, shortcut=False):
@@ -221,9 +223,10 @@ def _input_grad(ctx, grad_loss, shortcut=False):
 
 
 def _save_context(ctx, inputs, output):
-    (input, target, weight, ignore_index, reduction, label_smoothing, compute_grad, _threads,
-     log_probs) = inputs
+    (input, target, weight, ignore_index, reduction, label_smoothing, focal_gamma, compute_grad,
+     _threads, log_probs) = inputs
     ctx.ignore_index, ctx.reduction, ctx.label_smoothing = ignore_index, reduction, label_smoothing
+    ctx.focal_gamma = focal_gamma
     ctx.fused, ctx.log_probs = compute_grad, log_probs
     ctx.mark_non_differentiable(output[1])
     ctx.save_for_backward(input, target, weight, output[1])
@@ -238,17 +241,17 @@ class _LossFunction(torch.autograd.Function):
     element, the results stacked."""
 
     @staticmethod
-    def forward(input, target, weight, ignore_index, reduction, label_smoothing, compute_grad,
-                num_threads, log_probs):
+    def forward(input, target, weight, ignore_index, reduction, label_smoothing, focal_gamma,
+                compute_grad, num_threads, log_probs):
         loss, grad = _forward(input, target, weight, ignore_index, reduction, label_smoothing,
-                              compute_grad, num_threads, log_probs)
+                              focal_gamma, compute_grad, num_threads, log_probs)
         return loss, (grad if grad is not None else input.new_empty((0,)))
 
     setup_context = staticmethod(_save_context)
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_grad):
-        return (_input_grad(ctx, grad_loss, shortcut=True),) + (None,) * 8
+        return (_input_grad(ctx, grad_loss, shortcut=True),) + (None,) * 9
 
     @staticmethod
     def jvp(ctx, input_t, target_t, weight_t, *_):
@@ -270,12 +273,14 @@ class _LossFunction(torch.autograd.Function):
 # The same computation as a custom op, for torch.compile (dynamo cannot trace into NumPy).
 @torch.library.custom_op("fastxent::cross_entropy", mutates_args=(), device_types="cpu")
 def _loss_op(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None,
-             ignore_index: int, reduction: str, label_smoothing: float, compute_grad: bool,
-             num_threads: int, log_probs: bool) -> tuple[torch.Tensor, torch.Tensor]:
+             ignore_index: int, reduction: str, label_smoothing: float, focal_gamma: float,
+             compute_grad: bool, num_threads: int,
+             log_probs: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, d(loss)/d(input) at unit grad_output); the gradient is an empty tensor when
     compute_grad is False.  ``log_probs``: the input is log-probabilities (nll_loss)."""
     return _LossFunction.forward(input, target, weight, ignore_index, reduction,
-                                 label_smoothing, compute_grad, num_threads, log_probs)
+                                 label_smoothing, focal_gamma, compute_grad, num_threads,
+                                 log_probs)
 
 
 def _loss_shape(input, target):
@@ -285,7 +290,7 @@ def _loss_shape(input, target):
 
 
 @_loss_op.register_fake
-def _(input, target, weight, ignore_index, reduction, label_smoothing, compute_grad,
+def _(input, target, weight, ignore_index, reduction, label_smoothing, focal_gamma, compute_grad,
       num_threads, log_probs):
     shape = _loss_shape(input, target) if reduction == "none" else ()
     loss = input.new_empty(shape)
@@ -294,7 +299,7 @@ def _(input, target, weight, ignore_index, reduction, label_smoothing, compute_g
 
 
 def _op_backward(ctx, grad_loss, _grad_grad):
-    return (_input_grad(ctx, grad_loss),) + (None,) * 8
+    return (_input_grad(ctx, grad_loss),) + (None,) * 9
 
 
 _loss_op.register_autograd(_op_backward, setup_context=_save_context)
@@ -307,7 +312,7 @@ def _needs_autograd(input):
 
 
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,
-                  reduction="mean", label_smoothing=0.0, *, num_threads=None):
+                  reduction="mean", label_smoothing=0.0, *, focal_gamma=0.0, num_threads=None):
     """``torch.nn.functional.cross_entropy`` computed by fastxent's fused kernels.
 
     Same arguments and results as torch's: input (N, C), (C,) or (N, C, d1, ...); target class
@@ -316,24 +321,35 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     size_average/reduce.  ``num_threads``: fastxent's threads for this call (default: the
     OpenMP default, which OMP_NUM_THREADS and threadpoolctl set).  See the module docstring
     for what falls back to torch.
+
+    ``focal_gamma`` (keyword, an extension of torch's signature): the focal loss
+    -(1 - p_y)^gamma log p_y of ``fastxent.cross_entropy`` (class indices, no label smoothing);
+    where fastxent falls back to torch it is computed with torch operations.
     """
     reduction = _reduction_of(size_average, reduce, reduction)
+    gamma = 0.0 if focal_gamma == 0 else _check.nonneg_float(focal_gamma, "focal_gamma")
+    if gamma and (label_smoothing or (isinstance(target, torch.Tensor)
+                                      and target.is_floating_point())):
+        raise ValueError("focal_gamma: the focal loss needs integer class labels and no "
+                         "label_smoothing")
     if fallback_reason(input, target, weight) is not None:
+        if gamma:
+            return _tm.focal_loss(input, target, weight, ignore_index, reduction, gamma)
         return F.cross_entropy(input, target, weight=weight, ignore_index=ignore_index,
                                reduction=reduction, label_smoothing=label_smoothing)
     return _loss(input, target, weight, ignore_index, reduction, float(label_smoothing),
-                 num_threads, False)
+                 num_threads, False, gamma)
 
 
 def _loss(input, target, weight, ignore_index, reduction, label_smoothing, num_threads,
-          log_probs):
+          log_probs, focal_gamma=0.0):
     """cross_entropy / nll_loss of tensors fastxent computes: the custom op when traced by
     torch.compile, the autograd Function when autograd needs the loss, else the plain kernel."""
     unbatched = input.dim() == 1
     if unbatched:                                   # (C,) with a () label or (C,) probabilities
         input, target = input.unsqueeze(0), target.unsqueeze(0)
     nt = 0 if num_threads is None else _check.num_threads(num_threads)   # 0: the default
-    args = (input, target, weight, ignore_index, reduction, label_smoothing)
+    args = (input, target, weight, ignore_index, reduction, label_smoothing, focal_gamma)
     if torch.compiler.is_compiling():
         need_grad = torch.is_grad_enabled() and input.requires_grad
         loss = _loss_op(*args, need_grad, nt, log_probs)[0]
@@ -353,15 +369,16 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
     ``fastxent.torch.cross_entropy``; ``num_threads`` is an optional extra keyword."""
 
     def __init__(self, weight=None, size_average=None, ignore_index=-100, reduce=None,
-                 reduction="mean", label_smoothing=0.0, *, num_threads=None):
+                 reduction="mean", label_smoothing=0.0, *, focal_gamma=0.0, num_threads=None):
         super().__init__(weight=weight, size_average=size_average, ignore_index=ignore_index,
                          reduce=reduce, reduction=reduction, label_smoothing=label_smoothing)
+        self.focal_gamma = focal_gamma
         self.num_threads = num_threads
 
     def forward(self, input, target):
         return cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
                              reduction=self.reduction, label_smoothing=self.label_smoothing,
-                             num_threads=self.num_threads)
+                             focal_gamma=self.focal_gamma, num_threads=self.num_threads)
 
 
 def nll_loss(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None,

@@ -10,6 +10,7 @@ import pytest
 
 import fastxent
 from fastxent import cli, score
+from fastxent.score import engine
 
 
 def make_files(tmp_path, n=300, c=9, dtype=np.float32, seed=0):
@@ -131,7 +132,7 @@ ERRORS = {
     "missing labels": (lambda t, lg, lb: [lg, t / "missing.npy"], "no such file"),
     "labels left out": (lambda t, lg, lb: [lg], "LABELS: missing"),
     "not npy": (lambda t, lg, lb: [_write(t / "x.npy", b"hello world"), lb],
-                "not a .npy or .npz file"),
+                "is not a file fastxent reads"),
     "corrupt header": (lambda t, lg, lb: [_write(t / "x.npy", b"\x93NUMPY\x01\x00\x10\x00{garbage}   \n"),
                                           lb], "not a valid .npy file"),
     "truncated": (lambda t, lg, lb: [_write(t / "x.npy", open(lg, "rb").read()[:-100]), lb],
@@ -224,7 +225,7 @@ def test_error_leaves_previous_out_intact(tmp_path, capsys):
 def test_interrupt_exits_130_and_leaves_no_file(tmp_path, capsys, monkeypatch):
     _, _, lg, lb = make_files(tmp_path)
     calls = []
-    real = score.score_block
+    real = engine.score_chunk
 
     def interrupted(*a, **kw):
         calls.append(1)
@@ -232,7 +233,7 @@ def test_interrupt_exits_130_and_leaves_no_file(tmp_path, capsys, monkeypatch):
             raise KeyboardInterrupt
         return real(*a, **kw)
 
-    monkeypatch.setattr(score, "score_block", interrupted)
+    monkeypatch.setattr(engine, "score_chunk", interrupted)
     out = tmp_path / "o.npy"
     rc, o, e = run(capsys, "score", lg, lb, "--out", out, "--chunk-rows", 10)
     assert rc == 130 and "interrupted" in e

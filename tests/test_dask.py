@@ -126,9 +126,12 @@ def test_from_npy_pickles_the_path_only(tmp_path):
     np.testing.assert_array_equal(arr.compute(), x)
     src = score.NpyArray(tmp_path / "x.npy")
     assert len(pickle.dumps(src)) < 2000
+    src[:5]                                          # the original holds its file open now
     copy = pickle.loads(pickle.dumps(src))
-    np.testing.assert_array_equal(copy[10:20], x[10:20])
-    assert copy._cache is None                       # unpickled copies never keep a map open
+    assert copy._fd is None                          # an unpickled copy holds no open file
+    np.testing.assert_array_equal(copy[10:20], x[10:20])   # rows are read, never mapped
+    copy.close()
+    src.close()
 
 
 def test_compressed_npz_is_refused(tmp_path):
@@ -231,3 +234,111 @@ def test_cli_dask_errors_are_one_line(cluster, tmp_path, capsys):
     out, err = capsys.readouterr()
     assert rc == 2 and err.count("\n") == 1 and "label 5 at row 42" in err
     assert sorted(os.listdir(tmp_path)) == ["x.npy", "y.npy"]
+
+
+# ------------------------------------------------------------------ every format, the same summary
+def _summary_dict(s):
+    d = s.as_dict()
+    for key in ("seconds", "rows_per_s", "gb_per_s"):
+        d.pop(key)
+    return d
+
+
+def _formats(tmp_path, x, y):
+    """The same rows in every format fastxent reads (path arguments for score_files)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import zarr
+    from safetensors.numpy import save_file
+    np.savez(tmp_path / "d.npz", logits=x, labels=y)
+    save_file({"logits": x, "labels": y}, tmp_path / "d.safetensors")
+    g = zarr.open_group(str(tmp_path / "d.zarr"), mode="w")
+    g.create_array("logits", data=x, chunks=(100, x.shape[1]))
+    g.create_array("labels", data=y, chunks=(100,))
+    col = pa.FixedSizeListArray.from_arrays(pa.array(x.reshape(-1)), x.shape[1])
+    pq.write_table(pa.table({"logits": col, "labels": y}), tmp_path / "d.parquet",
+                   row_group_size=150)
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for k in range(3):
+        np.save(shards / f"logits_{k}.npy", x[k * 200:(k + 1) * 200])
+        np.save(shards / f"labels_{k}.npy", y[k * 200:(k + 1) * 200])
+    return ["d.npz", "d.safetensors", "d.zarr", "d.parquet", "shards"]
+
+
+def test_score_files_reads_every_format_like_the_local_engine(tmp_path):
+    x, y = data(n=600, c=11, dtype=np.float32)
+    w = np.random.default_rng(1).random(600)
+    np.save(tmp_path / "w.npy", w)
+    kw = dict(top_k=(2, 3), weights=tmp_path / "w.npy", offsets=np.array([0, 250, 600]))
+    names = _formats(tmp_path, x, y)
+    want = _summary_dict(score.score_arrays(x, y, **kw))
+    for name in names:
+        got = fxd.score_files(tmp_path / name, chunk_rows=128, **kw)
+        assert _summary_dict(got) == want, name
+
+
+def test_default_blocks_hold_at_least_64_mib(tmp_path):
+    a = np.lib.format.open_memmap(tmp_path / "big.npy", mode="w+", dtype=np.float32,
+                                  shape=(60_000, 1000))              # a sparse 240 MB file
+    del a
+    arr = fxd.from_npy(tmp_path / "big.npy")
+    rows = arr.chunks[0]
+    assert rows[0] * 1000 * 4 >= fxd.BLOCK_BYTES == 64 * 2**20
+    assert len(rows) == 4 and sum(rows) == 60_000
+
+
+def test_cluster_summary_equals_local_exactly(cluster, client, tmp_path):
+    x, y = data(n=5000, c=40, dtype=np.float32)
+    y[::7] = -100
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    kw = dict(top_k=5, ece_bins=20)
+    local = score.score_files(tmp_path / "x.npy", tmp_path / "y.npy", out=tmp_path / "a.npy",
+                              chunk_rows=700, **kw)
+    remote = fxd.score_files(tmp_path / "x.npy", tmp_path / "y.npy", client=client,
+                             out=tmp_path / "b.npy", chunk_rows=900, **kw)
+    assert _summary_dict(remote) == {**_summary_dict(local), "out": str(tmp_path / "b.npy")}
+    assert (tmp_path / "a.npy").read_bytes() == (tmp_path / "b.npy").read_bytes()
+
+
+def test_no_worker_left_stops_after_the_timeout(tmp_path, capsys):
+    from distributed import Client, LocalCluster
+    x, y = data(n=300, c=5, dtype=np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    before = sorted(os.listdir(tmp_path))
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                      dashboard_address=":0", silence_logs=50) as lonely:   # any free port
+        with Client(lonely) as c:
+            c.retire_workers(list(c.scheduler_info()["workers"]), close_workers=True)
+            assert not c.scheduler_info()["workers"]
+            with pytest.raises(ScoreError, match="dask_timeout: no Dask worker left for 0.5 s"):
+                fxd.score_files(tmp_path / "x.npy", tmp_path / "y.npy", client=c, timeout=0.5,
+                                out=tmp_path / "o.npy", chunk_rows=100)
+            from fastxent import cli
+            rc = cli.main(["score", str(tmp_path / "x.npy"), str(tmp_path / "y.npy"), "--dask",
+                           lonely.scheduler_address, "--dask-timeout", "0.5", "--out",
+                           str(tmp_path / "o.npy")])
+            out, err = capsys.readouterr()
+            assert rc == 2 and err.count("\n") == 1
+            assert "--dask-timeout: no Dask worker left" in err
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_score_summary_detects_probabilities_like_local():
+    """Both read the kind from the rows of a first local chunk (8 MiB: 524 rows of 2000
+    float64) and then check every row."""
+    rng = np.random.default_rng(7)
+    p = rng.dirichlet(np.ones(2000), 900)
+    y = rng.integers(0, 2000, 900)
+    local = score.score_arrays(p, y, top_k=2)
+    remote = fxd.score_summary(da.from_array(p, chunks=(200, 2000)),
+                               da.from_array(y, chunks=300), top_k=2)
+    assert remote.input == local.input == "probs"
+    assert _summary_dict(remote) == _summary_dict(local)
+    p[850] *= 3
+    with pytest.raises(ScoreError, match="row 850 is not"):
+        score.score_arrays(p, y)
+    with pytest.raises(ScoreError, match="row 850 is not"):
+        fxd.score_summary(da.from_array(p, chunks=(200, 2000)), y)

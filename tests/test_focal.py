@@ -132,3 +132,60 @@ def test_focal_needs_hard_labels_without_smoothing():
         fastxent.cross_entropy(x, np.full((2, 3), 1 / 3), focal_gamma=1.0)
     with pytest.raises(ValueError, match="^focal_gamma"):
         fastxent.cross_entropy(x, np.zeros(2, int), focal_gamma=1.0, label_smoothing=0.1)
+
+
+# ------------------------------------------------------------------ the PyTorch drop-in
+def _torch_focal(x, t, w, gamma, reduction="mean"):
+    import torch
+    logp = torch.log_softmax(x, dim=1)
+    lp_y = logp.gather(1, t.unsqueeze(1)).squeeze(1)
+    wy = w[t] if w is not None else torch.ones_like(lp_y)
+    rows = -wy * (1 - lp_y.exp()) ** gamma * lp_y
+    return {"none": rows, "sum": rows.sum(), "mean": rows.sum() / wy.sum()}[reduction]
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("gamma", [0.5, 2.0])
+def test_torch_dropin_focal(reduction, gamma, rng):
+    torch = pytest.importorskip("torch")
+    import fastxent.torch as ft
+    x = torch.tensor(make_logits(rng, 32, 7), requires_grad=True)
+    x2 = x.detach().clone().requires_grad_(True)
+    t = torch.tensor(make_target(rng, 32, 7))
+    w = torch.tensor(make_weight(rng, 7))
+    got = ft.cross_entropy(x, t, weight=w, reduction=reduction, focal_gamma=gamma)
+    exp = _torch_focal(x2, t, w, gamma, reduction)
+    torch.testing.assert_close(got, exp, rtol=1e-12, atol=1e-14)
+    got.sum().backward()
+    exp.sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-10, atol=1e-14)
+    # the module form
+    crit = ft.CrossEntropyLoss(weight=w, reduction=reduction, focal_gamma=gamma)
+    torch.testing.assert_close(crit(x.detach(), t), exp.detach(), rtol=1e-12, atol=1e-14)
+
+
+def test_torch_dropin_focal_second_derivatives(rng):
+    torch = pytest.importorskip("torch")
+    import fastxent.torch as ft
+    x = torch.tensor(make_logits(rng, 5, 4), requires_grad=True)
+    t = torch.tensor(make_target(rng, 5, 4))
+    w = torch.tensor(make_weight(rng, 4))
+    f = lambda z: ft.cross_entropy(z, t, weight=w, focal_gamma=1.5)     # noqa: E731
+    assert torch.autograd.gradcheck(f, (x,))
+    assert torch.autograd.gradgradcheck(f, (x,))
+
+
+def test_torch_dropin_focal_fallback_computes_focal(rng):
+    # a weight that requires grad sends the call to torch operations: still the focal loss
+    torch = pytest.importorskip("torch")
+    import fastxent.torch as ft
+    x = torch.tensor(make_logits(rng, 16, 5))
+    t = torch.tensor(make_target(rng, 16, 5))
+    w = torch.tensor(make_weight(rng, 5), requires_grad=True)
+    assert ft.fallback_reason(x, t, w) is not None
+    got = ft.cross_entropy(x, t, weight=w, focal_gamma=2.0)
+    torch.testing.assert_close(got, _torch_focal(x, t, w, 2.0), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(got.item(), fastxent.cross_entropy(x.numpy(), t.numpy(),
+                               weight=w.detach().numpy(), focal_gamma=2.0), rtol=1e-12)
+    with pytest.raises(ValueError, match="^focal_gamma"):
+        ft.cross_entropy(x, t, focal_gamma=1.0, label_smoothing=0.1)

@@ -447,12 +447,13 @@ def test_custom_op_opcheck():
     op = torch.ops.fastxent.cross_entropy.default
     w = torch.rand(4, dtype=torch.float64) + 0.5
     for reduction in ("mean", "none"):
-        torch.library.opcheck(op, (x, t, w, -100, reduction, 0.1, True, 0, False))
-        torch.library.opcheck(op, (torch.log_softmax(x, 1), t, w, -100, reduction, 0.0, True,
-                                   0, True))                        # nll_loss
+        torch.library.opcheck(op, (x, t, w, -100, reduction, 0.1, 0.0, True, 0, False))
+        torch.library.opcheck(op, (x, t, w, -100, reduction, 0.0, 2.0, True, 0, False))  # focal
+        torch.library.opcheck(op, (torch.log_softmax(x, 1), t, w, -100, reduction, 0.0, 0.0,
+                                   True, 0, True))                  # nll_loss
     xn, p = _case((3, 4, 2), torch.float32, "probs")
-    torch.library.opcheck(op, (xn, p, None, -100, "none", 0.0, True, 0, False))
-    torch.library.opcheck(op, (x.detach(), t, None, -100, "sum", 0.0, False, 0, False))
+    torch.library.opcheck(op, (xn, p, None, -100, "none", 0.0, 0.0, True, 0, False))
+    torch.library.opcheck(op, (x.detach(), t, None, -100, "sum", 0.0, 0.0, False, 0, False))
 
 
 def test_torch_compile_training_step():
