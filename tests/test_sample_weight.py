@@ -190,3 +190,29 @@ FUNCS = [
 def test_bad_sample_weight(func, s, exc):
     with pytest.raises(exc, match=r"^sample_weight\b"):
         func(s)
+
+
+# ------------------------------------------------------------------ nll_loss
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_nll_loss_of_log_softmax_is_cross_entropy(reduction, rng):
+    x, t, s = _case(rng)
+    t[2] = -100
+    w = rng.uniform(0.5, 2, C)
+    kw = dict(reduction=reduction, sample_weight=s, weight=w)
+    lp = sp.log_softmax(x, axis=1)
+    assert_close(fastxent.nll_loss(lp, t, **kw), fastxent.cross_entropy(x, t, **kw), np.float64)
+    loss, grad = fastxent.nll_loss_with_grad(lp, t, **kw)
+    rloss, rgrad = ref.nll_loss_with_grad(lp, t, **kw)
+    assert_close(loss, rloss, np.float64)
+    assert_close(grad, rgrad, np.float64)
+
+
+def test_nll_loss_unbatched_as_torch(rng):
+    import torch
+    import torch.nn.functional as F
+
+    lp = sp.log_softmax(rng.standard_normal(5))
+    want = F.nll_loss(torch.from_numpy(lp), torch.tensor(3)).item()
+    got = fastxent.nll_loss(lp, 3)
+    assert isinstance(got, np.float64)
+    assert_close(got, want, np.float64)
