@@ -29,8 +29,9 @@ ENTRIES = {
 }
 
 
-# the parameters of softmax and log_softmax
-ENTRIES["lse_params"] = "\n    ".join(ENTRIES[k] for k in ("lse_x", "lse_axis", "num_threads"))
+# the Parameters section of softmax and log_softmax
+ENTRIES["lse_params"] = "\n    ".join(["Parameters", "----------"] + [
+    ENTRIES[k] for k in ("lse_x", "lse_axis", "num_threads")])
 
 
 def fill(func: F) -> F:

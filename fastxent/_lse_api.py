@@ -199,13 +199,11 @@ def log_softmax(x: Any, axis: Any = -1, *, num_threads: int | None = None) -> An
     Computed as ``(x - max) - log(sum(exp(x - max)))`` per row: no overflow, and exact where
     ``log(softmax(x))`` would give ``-inf`` (``scipy.special.log_softmax``'s semantics).
 
-    Parameters
-    ----------
     %(lse_params)s
 
     Returns
     -------
-    numpy.ndarray
+    log_probs : numpy.ndarray
         ``x``'s shape, in float64 for float64 input, else float32.  A row with a NaN, a
         ``+inf`` or only ``-inf`` values is NaN throughout (as ``torch.log_softmax``); a
         ``-inf`` value in a finite row gives ``-inf``.  Empty input gives an empty result.
@@ -233,13 +231,11 @@ def softmax(x: Any, axis: Any = -1, *, num_threads: int | None = None) -> Any:
 
     ``scipy.special.softmax``'s semantics, computed by fastxent's threaded kernels.
 
-    Parameters
-    ----------
     %(lse_params)s
 
     Returns
     -------
-    numpy.ndarray
+    probs : numpy.ndarray
         ``x``'s shape, in float64 for float64 input, else float32.  A ``-inf`` value (a masked
         class) gives exactly 0; a row with a NaN, a ``+inf`` or only ``-inf`` values is NaN
         throughout.  Empty input gives an empty result.
@@ -250,12 +246,13 @@ def softmax(x: Any, axis: Any = -1, *, num_threads: int | None = None) -> Any:
 
     Examples
     --------
-    >>> import numpy as np
+    Any array-like of floats is accepted; a ``-inf`` entry is a masked class:
+
     >>> import fastxent
-    >>> fastxent.softmax(np.array([[1000.0, 0.0], [1000.0, 0.0]]), axis=0)
+    >>> fastxent.softmax([[1000.0, 0.0], [1000.0, 0.0]], axis=0)
     array([[0.5, 0.5],
            [0.5, 0.5]])
-    >>> fastxent.softmax(np.array([0.0, np.log(3.0), -np.inf]))
+    >>> fastxent.softmax([0.0, 1.0986122886681098, float("-inf")])     # 0, log 3, -inf
     array([0.25, 0.75, 0.  ])
     """
     return _softmax_like(x, axis, num_threads, _kernels.xent.LSE_SOFTMAX)
