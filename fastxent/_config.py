@@ -1,6 +1,9 @@
 """Build and runtime configuration: ``fastxent.show_config()`` / ``python -m fastxent info``."""
+from __future__ import annotations
+
 import os
 import platform
+from typing import Any
 
 from ._kernels import xent as _xent
 
@@ -23,8 +26,22 @@ def _openmp_runtime():
         return "linked"
 
 
-def config():
-    """The configuration as a dict (see ``show_config``)."""
+def config() -> dict[str, Any]:
+    """The build and runtime configuration as a dict (what :func:`show_config` prints).
+
+    Returns
+    -------
+    dict
+        version, openmp (bool), openmp_runtime, default_threads, cpu_count, compiler,
+        compile_args, link_args, portable_build, simd, machine, python.
+
+    Examples
+    --------
+    >>> import fastxent
+    >>> c = fastxent.config()
+    >>> c["version"] == fastxent.__version__, c["default_threads"] >= 1
+    (True, True)
+    """
     from . import __version__
 
     openmp = _xent.openmp_enabled()
@@ -44,9 +61,17 @@ def config():
     }
 
 
-def show_config():
-    """Print version, OpenMP on/off and runtime, default thread count, compiler and flags,
-    and the SIMD level the kernels were built for."""
+def show_config() -> None:
+    """Print the version, OpenMP on/off and runtime, the default thread count, the compiler and
+    flags, and the SIMD level the kernels were built for.
+
+    Examples
+    --------
+    >>> import fastxent
+    >>> fastxent.show_config()          # doctest: +ELLIPSIS
+    fastxent        : ...
+    openmp          : ...
+    """
     c = config()
     omp = "on (%s)" % c["openmp_runtime"] if c["openmp"] else "off (single threaded build)"
     lines = [

@@ -14,8 +14,11 @@ through the kernels' ``grad_output``, so each chunk's gradient is already the fi
 Extra memory: the chunk buffer (``chunk_size`` x V) instead of N x V logits (plus N x V
 gradient for a naive loss+grad).
 """
+from __future__ import annotations
+
 import math
 import numbers
+from typing import Any
 
 import numpy as np
 
@@ -54,8 +57,8 @@ def _accumulate_grad_weight(gw, g, h, first):
 
 
 def _float_pair(hidden, weight):
-    h = hidden if type(hidden) is np.ndarray else np.asarray(hidden)
-    w = weight if type(weight) is np.ndarray else np.asarray(weight)
+    h = hidden if type(hidden) is np.ndarray else check.as_array(hidden, "hidden")
+    w = weight if type(weight) is np.ndarray else check.as_array(weight, "weight")
     for a, name in ((h, "hidden"), (w, "weight")):
         if a.dtype not in (np.float32, np.float64):
             raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {a.dtype}")
@@ -86,25 +89,73 @@ def _chunk_rows(chunk_size, N, V, itemsize):
     return max(1, min(rows, N))
 
 
-def linear_cross_entropy(hidden, weight, target, *, bias=None, chunk_size=None, ignore_index=-100,
-                         reduction="mean", label_smoothing=0.0, z_loss=0.0, softcap=None,
-                         grad_output=1.0, return_grad=False, num_threads=None):
-    """Cross-entropy of ``hidden @ weight.T (+ bias)`` computed in row chunks: the full N x V
-    logits never exist (the LM-head loss of a language model: hidden states (N, d), output
-    embedding (V, d)).
+def linear_cross_entropy(hidden: Any, weight: Any, target: Any, *, bias: Any = None,
+                         chunk_size: int | None = None, ignore_index: int = -100,
+                         reduction: str = "mean", label_smoothing: float = 0.0,
+                         z_loss: float = 0.0, softcap: float | None = None,
+                         grad_output: Any = 1.0, return_grad: bool = False,
+                         num_threads: int | None = None) -> Any:
+    """Cross-entropy of ``hidden @ weight.T (+ bias)`` without the N x V logits.
 
-    hidden: (N, d) or (..., d) float32/float64; weight: (V, d) of the same dtype; target:
-    integer labels of shape hidden.shape[:-1]; bias: optional (V,).  ``ignore_index``,
-    ``label_smoothing``, ``z_loss``, ``softcap`` and ``reduction`` as in ``cross_entropy``; the
-    "mean" divides by the number of non-ignored rows over ALL rows (not per chunk).
+    The LM-head loss of a language model (hidden states (N, d), output embedding (V, d)),
+    computed in row chunks: each chunk's logits go through BLAS into one reused buffer, which
+    the fused kernel turns into the gradient in place.
 
-    ``chunk_size``: rows per chunk (default: a ~128 MiB logits buffer, at least 64 rows); peak
-    extra memory is about chunk_size x V x itemsize.  ``return_grad=True`` returns
-    ``(loss, grad_hidden, grad_weight)`` (``+ (grad_bias,)`` when a bias is given), the
-    gradients of loss * grad_output (``grad_output``: a scalar, or for reduction="none" also an
-    array of the target's shape).  Matrix products use NumPy's matmul (BLAS);
-    ``num_threads`` applies to fastxent's softmax kernels, BLAS threads follow the BLAS
-    settings (OPENBLAS_NUM_THREADS, threadpoolctl: ``threadpool_limits(n)`` limits both).
+    Parameters
+    ----------
+    hidden : array_like
+        (N, d) or (..., d), float32 or float64.
+    weight : array_like
+        (V, d), of hidden's dtype.
+    target : array_like
+        Integer labels of shape ``hidden.shape[:-1]``.
+    bias : array_like, optional
+        (V,) float.
+    chunk_size : int, optional
+        Rows per chunk (default: a ~128 MiB logits buffer, at least 64 rows); the extra memory
+        is about ``chunk_size * V * itemsize``.
+    ignore_index, reduction, label_smoothing, z_loss, softcap
+        As :func:`fastxent.cross_entropy`; "mean" divides by the number of rows that are not
+        ignored over ALL rows (not per chunk).
+    grad_output : float or array_like, default 1.0
+        The gradients are those of ``loss * grad_output`` (a scalar, or for
+        ``reduction="none"`` also an array of the target's shape).
+    return_grad : bool, default False
+        Also return the gradients.
+    num_threads : int, optional
+        Threads of fastxent's softmax kernels; BLAS threads follow the BLAS settings
+        (OPENBLAS_NUM_THREADS, threadpoolctl: ``threadpool_limits(n)`` limits both).
+
+    Returns
+    -------
+    loss : numpy scalar or numpy.ndarray
+        As :func:`fastxent.cross_entropy`.
+    grad_hidden, grad_weight : numpy.ndarray
+        With ``return_grad=True``: the gradients, of hidden's and weight's shapes.
+    grad_bias : numpy.ndarray
+        With ``return_grad=True`` and a bias.
+
+    Raises
+    ------
+    TypeError
+        A non-float hidden / weight / bias, non-integer labels, an option of the wrong type.
+    ValueError
+        Mismatched shapes, a label outside [0, V) that is not ``ignore_index``, an option out
+        of range.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fastxent
+    >>> rng = np.random.default_rng(0)
+    >>> hidden, W = rng.standard_normal((6, 4)), rng.standard_normal((10, 4))
+    >>> target = np.array([1, 2, 3, 4, 5, 6])
+    >>> loss, g_hidden, g_weight = fastxent.linear_cross_entropy(hidden, W, target,
+    ...                                                          chunk_size=4, return_grad=True)
+    >>> bool(np.isclose(loss, fastxent.cross_entropy(hidden @ W.T, target)))
+    True
+    >>> g_hidden.shape, g_weight.shape
+    ((6, 4), (10, 4))
     """
     h, w = _float_pair(hidden, weight)
     dt = h.dtype
@@ -113,7 +164,7 @@ def linear_cross_entropy(hidden, weight, target, *, bias=None, chunk_size=None, 
     row_shape = h.shape[:-1]
     N = math.prod(row_shape)
 
-    t = target if type(target) is np.ndarray else np.asarray(target)
+    t = target if type(target) is np.ndarray else check.as_array(target, "target")
     if t.dtype.kind not in "iu":
         raise TypeError(f"target: expected integer class labels, got dtype {t.dtype}")
     if t.shape != row_shape:
@@ -121,13 +172,14 @@ def linear_cross_entropy(hidden, weight, target, *, bias=None, chunk_size=None, 
                          f"got {t.shape}")
     ignore_index = check.integer(ignore_index, "ignore_index")
     check.reduction(reduction)
+    return_grad = check.flag(return_grad, "return_grad")
     label_smoothing = check.unit_float(label_smoothing, "label_smoothing")
     n_threads = check.num_threads(num_threads)
     rows_per_chunk = _chunk_rows(chunk_size, N, V, dt.itemsize)
 
     b = None
     if bias is not None:
-        b = bias if type(bias) is np.ndarray else np.asarray(bias)
+        b = bias if type(bias) is np.ndarray else check.as_array(bias, "bias")
         if b.dtype.kind != "f":
             raise TypeError(f"bias: expected a float array, got dtype {b.dtype}")
         if b.shape != (V,):
@@ -164,7 +216,7 @@ def linear_cross_entropy(hidden, weight, target, *, bias=None, chunk_size=None, 
 
     wT = w.T                                   # a view: BLAS reads weight transposed
     buf = np.empty((rows_per_chunk, V), dtype=dt)
-    loss_rows = np.empty(N, dtype=dt) if reduction == "none" else None
+    loss_rows: Any = np.empty(N, dtype=dt) if reduction == "none" else None
     partial = []
     if return_grad:
         grad_h = np.empty((N, d), dtype=dt)
@@ -204,7 +256,7 @@ def linear_cross_entropy(hidden, weight, target, *, bias=None, chunk_size=None, 
         loss = dt.type(total)
     if not return_grad:
         return loss
-    out = (loss, grad_h.reshape(h.shape), grad_w)
+    out: tuple[Any, ...] = (loss, grad_h.reshape(h.shape), grad_w)
     if grad_b is not None:
         out += (grad_b.astype(dt),)
     return out

@@ -70,10 +70,35 @@ def num_threads(value):
     return 1 if _FORKED else n
 
 
+# Rows longer than FX_SEG (_rowmath.h) may be split over threads; the elementwise kernels of
+# _probs.pyx sum TILE elements per partial sum.
+_SEG = 65536
+_TILE = 16384
+
+
+def work_threads(value, work, rows, C):
+    """Thread count of a call: the OpenMP default or ``num_threads=value``, 1 for small inputs
+    (one block of rows, or for elementwise work (``rows`` None) one tile)."""
+    n = num_threads(value)
+    if rows is None:
+        return 1 if work <= _TILE else n
+    if rows <= rows_per_block(C) and not (rows < n and C > _SEG):
+        return 1
+    return n
+
+
 # ------------------------------------------------------------------ arrays
-def as_array(obj):
+def values_of(arr, shape):
+    """Per-row / per-element results: ``arr`` as an array of ``shape`` (a NumPy scalar for
+    shape ())."""
+    arr = arr.reshape(shape)
+    return arr[()] if arr.ndim == 0 else arr
+
+
+def as_array(obj, name="input"):
     """An ndarray view of ``obj``: DLPack producers (torch, JAX, CuPy on the CPU, ...) are read
-    without a copy where they allow it, anything else goes through ``np.asarray``."""
+    without a copy where they allow it, anything else goes through ``np.asarray``.  Objects
+    NumPy cannot turn into an array (ragged nested lists, ...) raise a TypeError naming ``name``."""
     if isinstance(obj, np.ndarray):
         return obj
     if hasattr(obj, "__dlpack__"):
@@ -81,7 +106,11 @@ def as_array(obj):
             return np.from_dlpack(obj)
         except (TypeError, ValueError, RuntimeError, BufferError):
             pass
-    return np.asarray(obj)
+    try:
+        return np.asarray(obj)
+    except (TypeError, ValueError, OverflowError, RuntimeError) as e:
+        raise TypeError(f"{name}: cannot be read as an array of numbers "
+                        f"({type(obj).__name__}: {e})") from None
 
 
 def is_bf16(dt):
@@ -91,7 +120,7 @@ def is_bf16(dt):
 
 def float_array(x, name):
     """``x`` as an aligned, native-byte-order float32 or float64 array (no copy if it is one)."""
-    a = x if type(x) is np.ndarray else as_array(x)
+    a = x if type(x) is np.ndarray else as_array(x, name)
     dt = a.dtype
     if (dt is F32 or dt is F64) and a.flags.aligned:
         return a  # the common case, checked cheaply; strides of aligned arrays are whole items
@@ -109,7 +138,7 @@ def float_array(x, name):
 
 def logits_array(logits, name="logits"):
     """Logits as an ndarray of a kernel-readable dtype (float16 and bfloat16 included)."""
-    x = logits if type(logits) is np.ndarray else as_array(logits)
+    x = logits if type(logits) is np.ndarray else as_array(logits, name)
     dt = x.dtype
     if (dt is F32 or dt is F64) and x.flags.aligned:
         return x
@@ -120,7 +149,7 @@ def logits_array(logits, name="logits"):
 
 def real_array(x, name):
     """Any real-valued (bool, integer or float) array."""
-    a = x if type(x) is np.ndarray else np.asarray(x)
+    a = x if type(x) is np.ndarray else as_array(x, name)
     if a.dtype.kind not in "biuf":
         raise TypeError(f"{name}: expected a real-valued array, got dtype {a.dtype}")
     return a
@@ -177,17 +206,53 @@ def axis(value, ndim, name):
     return int(value) % ndim
 
 
-def reduction(value):
-    if value not in REDUCTIONS:
-        raise ValueError(f"reduction: expected one of 'mean', 'sum', 'none', got {value!r}")
+def axes(value, ndim, name="x"):
+    """``axis=`` of a reduction over several axes: None (all), an int or a tuple of ints, as a
+    sorted tuple of distinct non-negative axes."""
+    items = tuple(range(ndim)) if value is None else value if isinstance(value, tuple) else (value,)
+    out = []
+    for a in items:
+        if isinstance(a, bool) or not isinstance(a, numbers.Integral):
+            raise TypeError(f"axis: expected an int, a tuple of ints or None, got "
+                            f"{type(value).__name__}" + ("" if a is value else
+                                                         f" holding a {type(a).__name__}"))
+        if not -ndim <= a < ndim:
+            raise ValueError(f"axis: {a} is out of bounds for {name} of dimension {ndim}")
+        a = int(a) % ndim
+        if a in out:
+            raise ValueError(f"axis: axis {a} is repeated in {value!r}")
+        out.append(a)
+    return tuple(sorted(out))
+
+
+def flag(value, name):
+    """A bool option (``keepdims``, ``inplace``, ...): True/False or a NumPy bool."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {type(value).__name__}")
+    return bool(value)
+
+
+def reduction(value, allowed=REDUCTIONS):
+    """``reduction=``: one of the strings ``allowed``."""
+    if type(value) is not str or value not in allowed:
+        raise (ValueError if isinstance(value, str) else TypeError)(
+            f"reduction: expected one of {', '.join(map(repr, allowed))}, got {value!r}")
     return value
+
+
+def to_float(value, name):
+    """float(value) of a real number; a Python int too large for a double is a ValueError."""
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{name}: {value!r} is too large for a float") from None
 
 
 def unit_float(value, name):
     """A float in [0, 1] (label smoothing)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected a float in [0, 1], got {type(value).__name__}")
-    v = float(value)
+    v = to_float(value, name)
     if not 0.0 <= v <= 1.0:
         raise ValueError(f"{name}: must be in [0, 1], got {value!r}")
     return v
@@ -197,7 +262,7 @@ def nonneg_float(value, name):
     """A finite float >= 0 (z-loss, focal gamma)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected a non-negative float, got {type(value).__name__}")
-    v = float(value)
+    v = to_float(value, name)
     if not (v >= 0.0 and math.isfinite(v)):
         raise ValueError(f"{name}: must be a finite number >= 0, got {value!r}")
     return v
@@ -222,7 +287,7 @@ def log_base_scale(base):
         return 1.0
     if isinstance(base, bool) or not isinstance(base, numbers.Real):
         raise TypeError(f"base: expected a positive number or None, got {type(base).__name__}")
-    b = float(base)
+    b = to_float(base, "base")
     if not (b > 0.0 and math.isfinite(b)) or b == 1.0:
         raise ValueError(f"base: must be a positive finite number other than 1, got {base!r}")
     return 1.0 / math.log(b)
@@ -234,12 +299,12 @@ def logit_transform(softcap, logit_scale):
     if softcap is not None:
         if isinstance(softcap, bool) or not isinstance(softcap, numbers.Real):
             raise TypeError(f"softcap: expected a positive float or None, got {type(softcap).__name__}")
-        cap = float(softcap)
+        cap = to_float(softcap, "softcap")
         if not (cap > 0.0 and math.isfinite(cap)):
             raise ValueError(f"softcap: must be a positive finite number or None, got {softcap!r}")
     if isinstance(logit_scale, bool) or not isinstance(logit_scale, numbers.Real):
         raise TypeError(f"logit_scale: expected a float, got {type(logit_scale).__name__}")
-    scale = float(logit_scale)
+    scale = to_float(logit_scale, "logit_scale")
     if not math.isfinite(scale):
         raise ValueError(f"logit_scale: must be finite, got {logit_scale!r}")
     return cap, scale
@@ -284,7 +349,7 @@ def class_weight(weight, C):
     """float64 contiguous class weights and their sum (None: unit weights, sum C)."""
     if weight is None:
         return None, float(C)
-    w = weight if type(weight) is np.ndarray else as_array(weight)
+    w = weight if type(weight) is np.ndarray else as_array(weight, "weight")
     if w.dtype.kind not in "fiu" and not is_bf16(w.dtype):
         raise TypeError(f"weight: expected a real-valued array of class weights, got dtype {w.dtype}")
     if w.shape != (C,):
@@ -295,11 +360,28 @@ def class_weight(weight, C):
     return w, math.fsum(w.tolist())
 
 
+def sample_weight(value, row_shape):
+    """``sample_weight=``: one finite real weight per row (an array of ``row_shape``), as
+    contiguous float64 of the rows (None passes through)."""
+    if value is None:
+        return None
+    s = value if type(value) is np.ndarray else as_array(value, "sample_weight")
+    if s.dtype.kind not in "biuf" and not is_bf16(s.dtype):
+        raise TypeError(f"sample_weight: expected a real-valued array, got dtype {s.dtype}")
+    if s.shape != row_shape:
+        raise ValueError(f"sample_weight: expected shape {row_shape} (one weight per row), "
+                         f"got {s.shape}")
+    s = np.ascontiguousarray(s, dtype=F64).reshape(-1)
+    if not np.isfinite(s).all():
+        raise ValueError(f"sample_weight: contains NaN or inf at row {int(np.argmin(np.isfinite(s)))}")
+    return s
+
+
 def grad_output(value, reduction, row_shape):
     """(scalar scale, per-row scale as contiguous float64 or None)."""
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return float(value), None
-    g = np.asarray(value)
+        return to_float(value, "grad_output"), None
+    g = value if type(value) is np.ndarray else as_array(value, "grad_output")
     if g.dtype.kind not in "fiu":
         raise TypeError(f"grad_output: expected a real number or array, got dtype {g.dtype}")
     if g.ndim == 0 or (g.size == 1 and reduction != "none"):

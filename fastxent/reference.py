@@ -31,27 +31,25 @@ masked class: probability 0, log-probability -inf, gradient 0 there.
 for ``reduction="none"``), ``out=`` (the gradient is written into the caller's array, which is
 returned) and ``inplace=True`` (the gradient overwrites ``logits``, which is returned).  Both are
 written only after everything was computed, so a bad argument leaves them untouched.
+
+The probability-space family (``cross_entropy_from_probs``, binary cross-entropy, ``entropy``,
+``kl_divergence``) lives in ``fastxent._reference_probs`` and is re-exported here.
 """
 from types import SimpleNamespace
 
 import numpy as np
 
-__all__ = ["logsumexp", "log_softmax", "softmax", "cross_entropy", "cross_entropy_with_grad",
-           "nll_loss", "nll_loss_with_grad", "score_rows"]
+from ._reference_probs import *  # noqa: F401,F403  (the probability family)
+from ._reference_probs import __all__ as _probs_all
+from ._reference_probs import _REDUCTIONS, _as_float_array, _check_reduction, _log_unit
 
-_REDUCTIONS = ("mean", "sum", "none")
+__all__ = ["logsumexp", "log_softmax", "softmax", "cross_entropy", "cross_entropy_with_grad",
+           "nll_loss", "nll_loss_with_grad", "perplexity", "score_rows"] + list(_probs_all)
 
 
 # --------------------------------------------------------------------------------------------
 # validation helpers (minimal: this module is ground truth, not the API)
 # --------------------------------------------------------------------------------------------
-def _as_float_array(x, name):
-    x = np.asarray(x)
-    if x.dtype not in (np.float32, np.float64):
-        raise TypeError(f"{name}: expected a float32 or float64 array, got dtype {x.dtype}")
-    return x
-
-
 def _check_target(target, row_shape, c, ignore_index):
     """Hard labels of shape ``row_shape`` (the logits' shape without the class axis): return the
     flattened (N,) safe class indices and the mask of the rows that are not ignored."""
@@ -91,45 +89,104 @@ def _lse_parts(x, axis):
     return m, shifted, t
 
 
-def logsumexp(x, axis=-1, *, num_threads=None):
-    """log(sum(exp(x), axis)) without overflow; the axis is removed (numpy scalar for 1-D input)."""
-    x = _as_float_array(x, "x")
-    if x.ndim < 1:
+def _lse_input(x):
+    """float32/float64 input of the log-sum-exp family (float16 / bfloat16 become float32)."""
+    x = np.asarray(x)
+    if x.dtype == np.float16 or x.dtype.name == "bfloat16":
+        x = x.astype(np.float32)
+    return _as_float_array(x, "x")
+
+
+def _reduced_last(x, axis):
+    """``x`` with the reduced axes (an int, a tuple or None: all) moved last and flattened into
+    one axis, plus a function that undoes it for an array of the moved shape."""
+    if x.ndim == 0 and axis is not None and axis != ():
         raise ValueError("x: expected at least 1 dimension, got a 0-d array")
-    if x.shape[axis] == 0:
-        raise ValueError("x: the reduced axis has length 0")
+    axes = tuple(range(x.ndim)) if axis is None else axis if isinstance(axis, tuple) else (axis,)
+    if any(not -x.ndim <= a < x.ndim for a in axes):
+        raise ValueError(f"axis: {axis!r} is out of bounds for an array of dimension {x.ndim}")
+    axes = tuple(sorted(a % x.ndim for a in axes))
+    if len(set(axes)) != len(axes):
+        raise ValueError(f"axis: repeated axis in {axis!r}")
+    keep = [d for d in range(x.ndim) if d not in axes]
+    moved = np.transpose(x, keep + list(axes))
+    flat = moved.reshape(moved.shape[:len(keep)] + (int(np.prod([x.shape[a] for a in axes])),))
+
+    def undo(out):
+        return np.transpose(out.reshape(moved.shape), np.argsort(keep + list(axes)))
+
+    return flat, axes, undo
+
+
+def logsumexp(x, axis=-1, *, b=None, keepdims=False, return_sign=False, num_threads=None):
+    """log(|sum(b * exp(x))|) over ``axis`` (an int, a tuple, or None: all), without overflow;
+    the semantics of ``scipy.special.logsumexp``.
+
+    Per reduction: the largest element x_m is taken out of the sum, ``s = sum(b * exp(x - x_m))``
+    over the others divided by ``b_m`` (the scale of the maximal elements), so that
+    ``res = x_m + log|b_m| + log1p(s)`` keeps small results exact.  An element with ``b == 0``
+    is left out.  A sum over nothing, or a zero sum, is -inf (sign 0); NaN gives NaN (sign NaN),
+    +inf gives +inf.  Without ``return_sign`` a negative sum is NaN.
+    """
+    x = _lse_input(x)
+    if b is None:
+        b = np.ones((), dtype=x.dtype)
+    else:
+        b = np.asarray(b)
+        b = b.astype(np.float32) if b.dtype.name == "bfloat16" else b
+        dt = np.result_type(x.dtype, b.dtype) if b.dtype.kind == "f" else x.dtype
+        dt = np.float64 if dt == np.float64 else np.float32
+        x, b = (a.astype(dt) for a in np.broadcast_arrays(x, b))
+    x, b = np.broadcast_arrays(x, b)
+    xs, axes, _ = _reduced_last(x, axis)
+    bs, _, _ = _reduced_last(b, axis)
+    dt = x.dtype
     with np.errstate(all="ignore"):
-        m, _, t = _lse_parts(x, axis)
-        lse = np.where(np.isfinite(m), m + np.log1p(t), m)
-    return np.squeeze(lse, axis=axis)[()]
+        xs = np.where(bs == 0, -np.inf, xs)                       # b == 0: left out
+        m = np.max(xs, axis=-1, keepdims=True, initial=-np.inf)
+        shift = np.where(np.isfinite(m), m, 0)
+        at_max = xs == m
+        bm = np.sum(np.where(at_max, bs, 0), axis=-1, keepdims=True)   # the maximal terms' scale
+        rest = np.sum(np.where(at_max, 0, bs * np.exp(xs - shift)), axis=-1, keepdims=True)
+        s = np.where(rest == 0, 0, rest / bm)
+        sign = np.sign(1 + s) * np.sign(bm)
+        res = np.log1p(np.where(s < -1, -s - 2, s)) + np.log(np.abs(bm)) + m
+        # not finite (a NaN, an inf, or a zero sum): the direct sum decides
+        direct = np.sum(bs * np.exp(xs), axis=-1, keepdims=True)
+        bad = ~np.isfinite(res)
+        res = np.where(bad, np.log(np.abs(direct)), res)
+        sign = np.where(bad, np.sign(direct), sign)
+        if not return_sign:
+            res = np.where(sign < 0, np.nan, res)
+    res, sign = res[..., 0].astype(dt), sign[..., 0].astype(dt)
+    if keepdims:
+        shape = tuple(1 if d in axes else n for d, n in enumerate(x.shape))
+        res, sign = res.reshape(shape), sign.reshape(shape)
+    return (res[()], sign[()]) if return_sign else res[()]
+
+
+def _softmax_rows(x, axis, log):
+    x = _lse_input(x)
+    xs, _, undo = _reduced_last(x, axis)
+    if xs.size == 0:
+        return x.copy()
+    with np.errstate(all="ignore"):
+        m, shifted, t = _lse_parts(xs, -1)
+        out = shifted - np.log1p(t) if log else np.exp(shifted) / (1 + t)
+        out = np.where(np.isfinite(m), out, np.asarray(np.nan, dtype=x.dtype))
+    return undo(out.astype(x.dtype, copy=False))[()]
 
 
 def log_softmax(x, axis=-1, *, num_threads=None):
-    """x - logsumexp(x) along ``axis``; NaN for rows whose maximum is not finite."""
-    x = _as_float_array(x, "x")
-    if x.ndim < 1:
-        raise ValueError("x: expected at least 1 dimension, got a 0-d array")
-    if x.shape[axis] == 0:
-        return x.copy()
-    with np.errstate(all="ignore"):
-        m, shifted, t = _lse_parts(x, axis)
-        out = shifted - np.log1p(t)
-        out = np.where(np.isfinite(m), out, np.asarray(np.nan, dtype=x.dtype))
-    return out.astype(x.dtype, copy=False)
+    """x - logsumexp(x) along ``axis`` (an int, a tuple, or None: all); NaN for rows whose
+    maximum is not finite."""
+    return _softmax_rows(x, axis, True)
 
 
 def softmax(x, axis=-1, *, num_threads=None):
-    """exp(x - max) / sum(exp(x - max)) along ``axis``; NaN for rows whose maximum is not finite."""
-    x = _as_float_array(x, "x")
-    if x.ndim < 1:
-        raise ValueError("x: expected at least 1 dimension, got a 0-d array")
-    if x.shape[axis] == 0:
-        return x.copy()
-    with np.errstate(all="ignore"):
-        m, shifted, t = _lse_parts(x, axis)
-        out = np.exp(shifted) / (1 + t)
-        out = np.where(np.isfinite(m), out, np.asarray(np.nan, dtype=x.dtype))
-    return out.astype(x.dtype, copy=False)
+    """exp(x - max) / sum(exp(x - max)) along ``axis`` (an int, a tuple, or None: all); NaN for
+    rows whose maximum is not finite."""
+    return _softmax_rows(x, axis, False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -151,7 +208,8 @@ def _compute_dtype(dtype):
 def _rows(a, axis, c):
     """``a`` with the class axis moved last and flattened to (N, C): one row per position of the
     other axes, in C order (the order of the flattened target)."""
-    return np.moveaxis(a, axis, -1).reshape(-1, c)
+    moved = np.moveaxis(a, axis, -1)
+    return moved.reshape(int(np.prod(moved.shape[:-1])), c)
 
 
 def _unrows(g, shape, axis):
@@ -187,21 +245,21 @@ def _check_options(reduction, label_smoothing, z_loss, softcap, logit_scale, bas
 
 
 def _xent_rows(logits, target, weight, ignore_index, reduction, label_smoothing, axis=-1,
-               z_loss=0.0, softcap=None, logit_scale=1.0, base=None, focal_gamma=0.0):
+               z_loss=0.0, softcap=None, logit_scale=1.0, base=None, sample_weight=None,
+               focal_gamma=0.0):
     """Validate, then return everything the loss and the gradient need (a namespace).
 
-    The logits are viewed as (N, C) rows (class axis last); the transformed logits
-    ``z = cap * tanh(scale * x / cap)`` (``scale * x`` without a softcap) are what the softmax sees.
+    The logits are viewed as (N, C) rows (class axis last; (C,) logits are one row); the
+    transformed logits ``z = cap * tanh(scale * x / cap)`` (``scale * x`` without a softcap) are
+    what the softmax sees.
     """
     x = _logits_array(logits)
-    if x.ndim < 2:
-        raise ValueError(f"logits: expected at least 2 dimensions (N, C, ...), got shape {x.shape}")
+    if x.ndim < 1:
+        raise ValueError("logits: expected at least 1 dimension, got a 0-d array")
     if not -x.ndim <= axis < x.ndim:
         raise ValueError(f"axis: {axis} is out of bounds for logits of dimension {x.ndim}")
     axis = axis % x.ndim
     c = x.shape[axis]
-    if c == 0:
-        raise ValueError("logits: C (number of classes) must be at least 1")
     row_shape = x.shape[:axis] + x.shape[axis + 1:]
     eps, zl, cap, scale, log_base = _check_options(reduction, label_smoothing, z_loss, softcap,
                                                    logit_scale, base)
@@ -213,13 +271,21 @@ def _xent_rows(logits, target, weight, ignore_index, reduction, label_smoothing,
         w = np.ones(c, dtype=dt)
     else:
         w = np.asarray(weight)
-        if w.dtype.kind != "f":
-            raise TypeError(f"weight: expected a float array, got dtype {w.dtype}")
+        if w.dtype.kind not in "fiu" and w.dtype.name != "bfloat16":
+            raise TypeError(f"weight: expected a real-valued array, got dtype {w.dtype}")
         if w.shape != (c,):
             raise ValueError(f"weight: expected shape ({c},), got {w.shape}")
         if not np.all(np.isfinite(w)):
             raise ValueError("weight: entries must be finite (negative weights are allowed, as torch)")
-        w = w.astype(dt)
+        w = w.astype(np.float64).astype(dt)
+    sw = np.ones(int(np.prod(row_shape)))
+    if sample_weight is not None:
+        sw = np.asarray(sample_weight)
+        if sw.shape != row_shape:
+            raise ValueError(f"sample_weight: expected shape {row_shape}, got {sw.shape}")
+        sw = sw.astype(np.float64).reshape(-1)
+        if not np.all(np.isfinite(sw)):
+            raise ValueError("sample_weight: entries must be finite")
 
     t = np.asarray(target)
     soft = t.dtype.kind == "f"
@@ -247,46 +313,57 @@ def _xent_rows(logits, target, weight, ignore_index, reduction, label_smoothing,
             y = None
             q = _rows(t, axis, c).astype(dt, copy=False)
             if eps != 0.0:
-                q = ((1 - eps) * q + eps / c).astype(dt)
+                q = ((1 - eps) * q + eps / max(c, 1)).astype(dt)
             valid = np.ones(n, dtype=bool)
-            w_y = np.ones(n, dtype=dt)
+            # torch's mean divides by numel / C: 0 / 0 = NaN when C = 0
+            w_y = np.full(n, 1 if c else 0, dtype=dt)
             loss = (-np.sum(w * q * logp, axis=1)).astype(dt)
         else:
             q = None
             focal_grad = None
             y, valid = _check_target(t, row_shape, c, ignore_index)
             rows = np.arange(n)
-            w_y = np.where(valid, w[y], 0).astype(dt)           # weight of each row's target
-            nll = np.where(valid, -w[y] * logp[rows, y], 0).astype(dt)
-            focal_grad = None
-            if gamma != 0.0:
-                # focal loss (Lin et al. 2017): -(1 - p_y)^gamma log p_y, and its derivative
-                # factor F = (1 - p_y)^gamma - gamma (1 - p_y)^(gamma - 1) p_y log p_y
-                logp_y = logp[rows, y]
-                p_y, q_y = np.exp(logp_y), -np.expm1(logp_y)       # p_y and 1 - p_y
-                nll = (nll * q_y ** gamma).astype(dt)
-                focal_grad = q_y ** gamma - gamma * q_y ** (gamma - 1) * p_y * logp_y
-                focal_grad = np.where(q_y == 0, 0.0, np.where(p_y == 0, 1.0, focal_grad))
-            if eps == 0.0:
-                # As torch: no smoothing term at all (so a masked class does not give 0 * inf = nan).
-                loss = nll
+            if c == 0:
+                # every row is ignored (else the label is out of range): as torch, a loss of 0,
+                # and NaN with label smoothing (its term is 0 * eps / 0)
+                w_y = np.zeros(n, dtype=dt)
+                loss = np.full(n, np.nan if eps else 0.0, dtype=dt)
             else:
-                smooth = np.where(valid, -np.sum(logp * w, axis=1), 0).astype(dt)
-                loss = ((1 - eps) * nll + (eps / c) * smooth).astype(dt)
+                w_y = np.where(valid, w[y], 0).astype(dt)       # weight of each row's target
+                loss = np.where(valid, -w[y] * logp[rows, y], 0).astype(dt)
+                if gamma != 0.0:
+                    # focal loss (Lin et al. 2017): -(1 - p_y)^gamma log p_y, and its derivative
+                    # factor F = (1 - p_y)^gamma - gamma (1 - p_y)^(gamma - 1) p_y log p_y
+                    logp_y = logp[rows, y]
+                    p_y, q_y = np.exp(logp_y), -np.expm1(logp_y)   # p_y and 1 - p_y
+                    loss = (loss * q_y ** gamma).astype(dt)
+                    focal_grad = q_y ** gamma - gamma * q_y ** (gamma - 1) * p_y * logp_y
+                    focal_grad = np.where(q_y == 0, 0.0, np.where(p_y == 0, 1.0, focal_grad))
+                if eps != 0.0:
+                    # As torch, no smoothing term at all when eps == 0 (so a masked class does
+                    # not give 0 * inf = nan).
+                    smooth = np.where(valid, -np.sum(logp * w, axis=1), 0).astype(dt)
+                    loss = ((1 - eps) * loss + (eps / c) * smooth).astype(dt)
         lse = None
         zrow = np.zeros(n, dtype=dt)
         if zl != 0.0:
-            # z-loss (PaLM): zl * logsumexp(z)^2 per non-ignored row, unweighted
+            # z-loss (PaLM): zl * logsumexp(z)^2 per non-ignored row, unweighted; NaN in a row
+            # whose log-sum-exp is not finite (its loss is NaN too)
             lse = logsumexp(z, axis=1)
-            zrow = np.where(valid, zl * lse * lse, 0).astype(dt)
+            zrow = np.where(valid, np.where(np.isfinite(lse), zl * lse * lse, np.nan), 0).astype(dt)
             loss = (loss + zrow).astype(dt)
     return SimpleNamespace(x=x, shape=x.shape, axis=axis, row_shape=row_shape, c=c, dt=dt, z=z,
                            dz=dz, soft=soft, y=y, q=q, valid=valid, w=w, w_y=w_y, loss=loss,
-                           zrow=zrow, lse=lse, eps=eps, zl=zl, log_base=log_base,
+                           zrow=zrow, lse=lse, eps=eps, zl=zl, log_base=log_base, sw=sw,
                            focal_grad=focal_grad if not soft else None)
 
 
-def _reduce(loss, w_y, reduction, dt):
+def _reduce(loss, w_y, reduction, dt, sw):
+    """Reduce per-row losses; with sample weights ``sw`` each row counts ``sw[i]`` times (in the
+    sum and in the mean's denominator of weights ``w_y``)."""
+    with np.errstate(all="ignore"):
+        loss = (loss * sw).astype(dt)
+        w_y = w_y * sw
     if reduction == "none":
         return loss
     with np.errstate(all="ignore"):
@@ -299,17 +376,22 @@ def _reduce(loss, w_y, reduction, dt):
         return dt.type(total / total_weight)
 
 
-def _finish(values, r, reduction):
-    """Reduce per-row ``values``, convert to the unit of ``base``, give "none" the target's shape."""
-    out = _reduce(values, r.w_y, reduction, r.dt)
+def _finish(values, r, reduction, loss=True):
+    """Reduce per-row ``values`` (the loss, or the z-loss part: ``loss=False``), convert to the
+    unit of ``base``, give "none" the target's shape."""
+    out = _reduce(values, r.w_y, reduction, r.dt, r.sw)
+    if loss and r.c == 0 and r.eps and not r.soft and reduction != "none":
+        # torch scales the sum of the smoothing terms by eps / C = inf: NaN, even for no rows
+        out = r.dt.type(np.nan)
     if r.log_base != 1.0:
         out = (out / r.log_base).astype(r.dt) if reduction == "none" else r.dt.type(out / r.log_base)
-    return out.reshape(r.row_shape) if reduction == "none" else out
+    return out.reshape(r.row_shape)[()] if reduction == "none" else out
 
 
 def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
                   label_smoothing=0.0, axis=-1, z_loss=0.0, softcap=None, logit_scale=1.0,
-                  base=None, return_z_loss=False, focal_gamma=0.0, num_threads=None):
+                  base=None, return_z_loss=False, focal_gamma=0.0, sample_weight=None,
+                  num_threads=None):
     """Softmax cross-entropy of ``logits`` (classes along ``axis``) against ``target``.
 
     Same semantics as ``torch.nn.functional.cross_entropy``.  Hard labels (an integer ``target``
@@ -329,19 +411,23 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
     that is not ignored; ``base`` divides everything by ``ln(base)``.  ``return_z_loss=True``
     returns ``(loss, z_term)``, the z-loss part reduced like the loss.  float16 / bfloat16 logits
     are computed in float32.  ``focal_gamma`` multiplies each hard-label row's loss by
-    ``(1 - p_y)^focal_gamma`` (focal loss; no label smoothing, no soft targets).
+    ``(1 - p_y)^focal_gamma`` (focal loss; no label smoothing, no soft targets).  ``sample_weight`` (one weight s_i per row) multiplies row i's loss
+    and its weight in the mean: ``"mean"`` is ``sum(s_i * loss_i) / sum(s_i * w[y_i])``.
+
+    (C,) logits with a scalar target are one unbatched row; C = 0 follows torch (labels must be
+    ignored; loss 0, NaN with label smoothing; the mean is NaN).
     """
     r = _xent_rows(logits, target, weight, ignore_index, reduction, label_smoothing, axis,
-                   z_loss, softcap, logit_scale, base, focal_gamma)
+                   z_loss, softcap, logit_scale, base, sample_weight, focal_gamma)
     loss = _finish(r.loss, r, reduction)
-    return (loss, _finish(r.zrow, r, reduction)) if return_z_loss else loss
+    return (loss, _finish(r.zrow, r, reduction, loss=False)) if return_z_loss else loss
 
 
 def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, reduction="mean",
                             label_smoothing=0.0, axis=-1, z_loss=0.0, softcap=None,
                             logit_scale=1.0, base=None, return_z_loss=False, grad_output=1.0,
                             out=None, inplace=False, grad_dtype=None, focal_gamma=0.0,
-                            num_threads=None):
+                            sample_weight=None, num_threads=None):
     """Return ``(loss, grad)`` (``(loss, z_term, grad)`` with ``return_z_loss=True``): the loss of
     :func:`cross_entropy` and d(loss)/d(logits) * grad_output, in the logits' shape.
 
@@ -357,10 +443,11 @@ def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, r
     row i uses ``grad_output[i]`` when it is an array of the target's shape, allowed for
     ``reduction="none"`` only), then times dz/dlogits (``logit_scale / cosh(logit_scale * x /
     softcap)^2``, or ``logit_scale``) and divided by ``ln(base)``.  ``grad_dtype``: the
-    gradient's dtype (None: the logits' dtype; float32 is allowed for 16-bit logits).
+    gradient's dtype (None: the logits' dtype; float32 is allowed for 16-bit logits).  Row i's
+    gradient is also multiplied by ``sample_weight[i]``.
     """
     r = _xent_rows(logits, target, weight, ignore_index, reduction, label_smoothing, axis,
-                   z_loss, softcap, logit_scale, base, focal_gamma)
+                   z_loss, softcap, logit_scale, base, sample_weight, focal_gamma)
     n, c = r.z.shape
     dt = r.dt
     gdt = r.x.dtype if grad_dtype is None else np.dtype(grad_dtype)
@@ -369,8 +456,8 @@ def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, r
                          f"16-bit logits, got {gdt}")
 
     g = np.asarray(grad_output, dtype=np.float64)
-    if g.ndim == 0:
-        scale = np.full(n, float(g))
+    if g.ndim == 0 or (g.size == 1 and reduction != "none"):
+        scale = np.full(n, float(g.reshape(())))
     elif reduction == "none" and g.shape == r.row_shape:
         scale = g.reshape(-1).copy()
     else:
@@ -387,9 +474,10 @@ def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, r
         if gdt != r.x.dtype:
             raise ValueError(f"grad_dtype: inplace=True writes the logits' own dtype {r.x.dtype}")
 
+    scale = scale * r.sw
     with np.errstate(all="ignore"):
         if reduction == "mean":
-            total_weight = np.sum(r.w_y, dtype=dt)
+            total_weight = np.sum(r.w_y * r.sw, dtype=dt)
             scale = scale / total_weight if total_weight != 0 else np.full(n, np.nan)
         scale = np.where(r.valid, scale, 0).astype(dt)
         p = softmax(r.z, axis=1)                                   # NaN rows stay NaN
@@ -398,8 +486,9 @@ def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, r
             grad = np.sum(w * r.q, axis=1)[:, None] * p - w * r.q
         else:
             onehot = np.zeros((n, c), dtype=dt)
-            onehot[np.arange(n), r.y] = 1
-            grad = (1 - eps) * r.w_y[:, None] * (p - onehot) + (eps / c) * (np.sum(w) * p - w)
+            if c:
+                onehot[np.arange(n), r.y] = 1
+            grad = (1 - eps) * r.w_y[:, None] * (p - onehot) + (eps / max(c, 1)) * (np.sum(w) * p - w)
             if r.focal_grad is not None:
                 grad = r.focal_grad[:, None] * grad
         if r.zl != 0.0:
@@ -412,9 +501,9 @@ def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, r
         if r.log_base != 1.0:
             grad = (grad / r.log_base).astype(dt)
     grad = _unrows(grad, r.shape, r.axis).astype(gdt)
-    result = (_finish(r.loss, r, reduction),)
+    result: tuple = (_finish(r.loss, r, reduction),)
     if return_z_loss:
-        result += (_finish(r.zrow, r, reduction),)
+        result += (_finish(r.zrow, r, reduction, loss=False),)
 
     if inplace:
         logits[...] = grad
@@ -426,278 +515,63 @@ def cross_entropy_with_grad(logits, target, *, weight=None, ignore_index=-100, r
 
 
 def nll_loss(log_probs, target, *, weight=None, ignore_index=-100, reduction="mean", axis=-1,
-             base=None, num_threads=None):
+             base=None, sample_weight=None, num_threads=None):
     """Negative log-likelihood, as ``torch.nn.functional.nll_loss``: ``-w[y_i] * log_probs[i, y_i]``
-    per row (classes along ``axis``), 0 for rows whose label is ``ignore_index``; "mean" divides
-    the sum by the total weight of the rows that are not ignored."""
+    per row (classes along ``axis``; (C,) input is one row), 0 for rows whose label is
+    ``ignore_index``; "mean" divides the sum by the total weight of the rows that are not
+    ignored.  ``sample_weight`` multiplies row i and its weight in the mean by s_i."""
     return nll_loss_with_grad(log_probs, target, weight=weight, ignore_index=ignore_index,
-                              reduction=reduction, axis=axis, base=base)[0]
+                              reduction=reduction, axis=axis, base=base,
+                              sample_weight=sample_weight)[0]
 
 
 def nll_loss_with_grad(log_probs, target, *, weight=None, ignore_index=-100, reduction="mean",
                        axis=-1, base=None, grad_output=1.0, out=None, inplace=False,
-                       num_threads=None):
-    """``(loss, grad)``: the loss of :func:`nll_loss` and its gradient, ``-w[y_i] * s`` at each
-    row's label and 0 elsewhere (``s``: grad_output, / the denominator of "mean")."""
+                       sample_weight=None, num_threads=None):
+    """``(loss, grad)``: the loss of :func:`nll_loss` and its gradient, ``-w[y_i] * s_i * g`` at
+    each row's label and 0 elsewhere (``g``: grad_output, / the denominator of "mean")."""
     x = _logits_array(log_probs)
-    if x.ndim < 2:
-        raise ValueError(f"log_probs: expected at least 2 dimensions (N, C, ...), got shape {x.shape}")
+    if x.ndim < 1:
+        raise ValueError("log_probs: expected at least 1 dimension, got a 0-d array")
     axis = axis % x.ndim
     c = x.shape[axis]
     row_shape = x.shape[:axis] + x.shape[axis + 1:]
     _check_reduction(reduction)
     dt = _compute_dtype(x.dtype)
-    w = np.ones(c, dtype=dt) if weight is None else np.asarray(weight, dtype=dt)
+    w = np.ones(c, dtype=dt) if weight is None else np.asarray(weight).astype(np.float64).astype(dt)
     y, valid = _check_target(target, row_shape, c, ignore_index)
+    sw = np.ones(y.shape[0]) if sample_weight is None else \
+        np.asarray(sample_weight, dtype=np.float64).reshape(-1)
     lp = _rows(x, axis, c).astype(dt)
     n = lp.shape[0]
     rows = np.arange(n)
+    if c == 0:                 # every row is ignored (else its label is out of range)
+        y, w = np.zeros(n, dtype=np.intp), np.zeros(1, dtype=dt)
+        lp = np.zeros((n, 1), dtype=dt)
     w_y = np.where(valid, w[y], 0).astype(dt)
     with np.errstate(all="ignore"):
         loss = np.where(valid, -w[y] * lp[rows, y], 0).astype(dt)
-        scale = np.broadcast_to(np.asarray(grad_output, dtype=np.float64).reshape(-1), (n,))
+        scale = np.broadcast_to(np.asarray(grad_output, dtype=np.float64).reshape(-1), (n,)) * sw
         if reduction == "mean":
-            total_weight = np.sum(w_y, dtype=dt)
-            scale = scale / total_weight if total_weight != 0 else np.full(n, np.nan)
+            scale = scale / np.sum(w_y * sw, dtype=dt)
         grad = np.zeros((n, c), dtype=dt)
-        grad[rows, y] = np.where(valid, -w[y] * scale, 0)
-        log_base = 1.0 if base is None else float(np.log(base))
-        grad = (grad / log_base).astype(dt)
-    r = SimpleNamespace(w_y=w_y, dt=dt, log_base=log_base, row_shape=row_shape)
+        if c:
+            grad[rows, y] = np.where(valid, -w[y] * scale, 0)
+        grad = (grad * _log_unit(base)).astype(dt)
+    log_base = 1.0 if base is None else float(np.log(base))
+    r = SimpleNamespace(w_y=w_y, dt=dt, log_base=log_base, row_shape=row_shape, sw=sw, c=c,
+                        eps=0.0, soft=False)
     return _finish(loss, r, reduction), _unrows(grad, x.shape, axis).astype(x.dtype)
 
 
-# --------------------------------------------------------------------------------------------
-# probability family: cross-entropy from probabilities, binary cross-entropy, entropy, KL,
-# perplexity (the ground truth of fastxent._probs_api; same signatures minus num_threads/out)
-# --------------------------------------------------------------------------------------------
-__all__ += ["cross_entropy_from_probs", "cross_entropy_from_probs_with_grad",
-            "binary_cross_entropy", "binary_cross_entropy_with_grad",
-            "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_with_grad",
-            "entropy", "kl_divergence", "perplexity"]
-
-
-def _log_unit(base):
-    """1 / ln(base): nats -> the unit of ``base`` (None: nats)."""
-    if base is None:
-        return 1.0
-    b = float(base)
-    if not (b > 0 and np.isfinite(b)) or b == 1:
-        raise ValueError(f"base: must be a positive finite number other than 1, got {base!r}")
-    return 1.0 / np.log(b)
-
-
-def _check_reduction(reduction, allowed=_REDUCTIONS):
-    if reduction not in allowed:
-        raise ValueError(f"reduction: expected one of {allowed}, got {reduction!r}")
-
-
-def _check_nonneg(a, name):
-    with np.errstate(invalid="ignore"):
-        if np.any(a < 0):
-            raise ValueError(f"{name}: probabilities must be non-negative")
-
-
-def _xlogy(x, y):
-    """x * log(y) with 0 * log(anything) = 0 (NaN stays NaN)."""
-    with np.errstate(all="ignore"):
-        return np.where(x == 0, np.zeros((), dtype=np.result_type(x, y)), x * np.log(y))
-
-
-def _probs_and_q(p, q, axis):
-    """(P, q, axis): targets as probabilities of q's shape (integer labels become one-hot)."""
-    q = _as_float_array(q, "q")
-    axis = axis % q.ndim
-    p = np.asarray(p)
-    if p.shape == q.shape:
-        dt = np.result_type(q.dtype, p.dtype) if p.dtype.kind == "f" else q.dtype
-        return p.astype(dt), q.astype(dt), axis
-    row_shape = q.shape[:axis] + q.shape[axis + 1:]
-    if p.shape != row_shape or p.dtype.kind not in "iu":
-        raise ValueError(f"p: expected q's shape {q.shape} or integer labels of shape {row_shape}")
-    c = q.shape[axis]
-    if np.any((p < 0) | (p >= c)):
-        raise ValueError(f"p: labels must be in [0, {c})")
-    P = np.zeros(q.shape, dtype=q.dtype)
-    np.put_along_axis(P, np.expand_dims(p.astype(np.intp), axis), 1, axis=axis)
-    return P, q, axis
-
-
-def _reduce_rows(rows, reduction, dt):
-    if reduction == "none":
-        return rows.astype(dt)[()]
-    if reduction == "sum":
-        return dt.type(np.sum(rows))
-    return dt.type(np.mean(rows)) if rows.size else dt.type(np.nan)
-
-
-def cross_entropy_from_probs(p, q, *, eps=None, axis=-1, reduction="mean", base=None,
-                             num_threads=None):
-    """-sum_c p_c log(clip(q_c, eps, 1)) per row along ``axis`` (0 log 0 = 0); eps=None: the
-    machine epsilon of q's dtype; integer labels p pick -log q[label]."""
-    _check_reduction(reduction)
-    P, q, axis = _probs_and_q(p, q, axis)
-    _check_nonneg(P, "p")
-    _check_nonneg(q, "q")
-    dt = q.dtype
-    e = np.finfo(dt).eps if eps is None else eps
-    qc = np.clip(q, dt.type(e), dt.type(1))
-    rows = -np.sum(_xlogy(P, qc), axis=axis) * dt.type(_log_unit(base))
-    return _reduce_rows(rows, reduction, dt)
-
-
-def cross_entropy_from_probs_with_grad(p, q, *, eps=None, axis=-1, reduction="mean", base=None,
-                                       grad_output=1.0, num_threads=None):
-    """(loss, d loss / d q): grad = -p / q * s where eps <= q <= 1 and p != 0, else 0."""
-    loss = cross_entropy_from_probs(p, q, eps=eps, axis=axis, reduction=reduction, base=base)
-    P, q, axis = _probs_and_q(p, q, axis)
-    dt = q.dtype
-    e = np.finfo(dt).eps if eps is None else eps
-    g = np.asarray(grad_output, dtype=np.float64)
-    s = g if (reduction == "none" and g.ndim) else float(g)
-    s = np.expand_dims(s, axis) if np.ndim(s) else s
-    s = s * _log_unit(base)
-    if reduction == "mean":
-        n = q.size // q.shape[axis]
-        s = s / n if n else s * np.nan
-    with np.errstate(all="ignore"):
-        grad = np.where((q < e) | (q > 1) | (P == 0), 0.0, -s * P / q).astype(dt)
-    return loss, grad
-
-
-def entropy(p, axis=-1, base=None, *, num_threads=None):
-    """-sum p log p per row along ``axis`` (0 log 0 = 0), p's shape without ``axis``."""
-    p = _as_float_array(p, "p")
-    _check_nonneg(p, "p")
-    return (-np.sum(_xlogy(p, p), axis=axis) * p.dtype.type(_log_unit(base))).astype(p.dtype)[()]
-
-
-def kl_divergence(p, q, *, axis=-1, reduction="none", base=None, log_q=False, log_p=False,
-                  num_threads=None):
-    """sum p (log p - log q) per row along ``axis`` (terms with p == 0 are 0); log_q / log_p:
-    the argument holds log-probabilities.  reduction: none (per row), sum, mean (sum / p.size),
-    batchmean (sum / p.shape[0])."""
-    _check_reduction(reduction, ("none", "sum", "mean", "batchmean"))
-    p = _as_float_array(p, "p")
-    q = _as_float_array(q, "q")
-    dt = np.result_type(p.dtype, q.dtype)
-    p, q = p.astype(dt), q.astype(dt)
-    if not log_p:
-        _check_nonneg(p, "p")
-    if not log_q:
-        _check_nonneg(q, "q")
-    with np.errstate(all="ignore"):
-        pe = np.exp(p) if log_p else p
-        lp = p if log_p else np.log(p)
-        lq = q if log_q else np.log(q)
-        terms = np.where(pe == 0, 0.0, pe * (lp - lq)).astype(dt)
-    rows = np.sum(terms, axis=axis) * _log_unit(base)
-    if reduction == "none":
-        return rows.astype(dt)[()]
-    total = np.sum(rows)
-    if reduction == "mean":
-        total = total / p.size if p.size else np.nan
-    elif reduction == "batchmean":
-        total = total / p.shape[0] if p.shape[0] else np.nan
-    return dt.type(total)
-
-
 def perplexity(logits, target, *, base=None, **cross_entropy_kwargs):
-    """exp(mean cross-entropy in nats); ``base`` does not change it."""
+    """exp(mean cross-entropy in nats) (reduction "mean"), or of each row's ("none"); ``base``
+    does not change it."""
     _log_unit(base)
+    _check_reduction(cross_entropy_kwargs.get("reduction", "mean"), ("mean", "none"))
     loss = cross_entropy(logits, target, **cross_entropy_kwargs)
     with np.errstate(over="ignore"):
         return np.exp(loss)
-
-
-def _binary_args(x, target, weight, pos_weight, reduction, xname):
-    _check_reduction(reduction)
-    x = _as_float_array(x, xname)
-    dt = x.dtype
-    y = np.asarray(target)
-    if y.shape != x.shape:
-        raise ValueError(f"target: expected shape {x.shape}, got {y.shape}")
-    y = y.astype(dt)
-    w = np.ones((), dt) if weight is None else np.asarray(weight).astype(dt)
-    pw = np.ones((), dt) if pos_weight is None else np.asarray(pos_weight).astype(dt)
-    for a, name in ((w, "weight"), (pw, "pos_weight")):
-        if np.broadcast_shapes(a.shape, x.shape) != x.shape:
-            raise ValueError(f"{name}: cannot be broadcast to shape {x.shape}")
-    return x, y, w, pw, dt
-
-
-def _reduce_elems(loss, reduction, dt):
-    if reduction == "none":
-        return loss.astype(dt)[()]
-    if reduction == "sum":
-        return dt.type(np.sum(loss))
-    return dt.type(np.mean(loss)) if loss.size else dt.type(np.nan)
-
-
-def _elem_grad_scale(grad_output, reduction, n, base):
-    g = np.asarray(grad_output, dtype=np.float64)
-    s = g if reduction == "none" else float(g)
-    s = s * _log_unit(base)
-    if reduction == "mean":
-        s = s / n if n else s * np.nan
-    return s
-
-
-def binary_cross_entropy(probs, target, *, weight=None, reduction="mean", base=None,
-                         num_threads=None):
-    """As torch: -w (y max(log p, -100) + (1 - y) max(log(1 - p), -100)); p, y in [0, 1]."""
-    p, y, w, _, dt = _binary_args(probs, target, weight, None, reduction, "probs")
-    if np.any(~((p >= 0) & (p <= 1))) or np.any(~((y >= 0) & (y <= 1))):
-        raise ValueError("probs: all elements must be in [0, 1]")
-    with np.errstate(all="ignore"):
-        lp = np.maximum(np.log(p), -100)
-        lq = np.maximum(np.log1p(-p), -100)
-        loss = (w * ((y - 1) * lq - y * lp) * _log_unit(base)).astype(dt)
-    return _reduce_elems(loss, reduction, dt)
-
-
-def binary_cross_entropy_with_grad(probs, target, *, weight=None, reduction="mean", base=None,
-                                   grad_output=1.0, num_threads=None):
-    """(loss, grad): grad = w (p - y) / max((1 - p) p, 1e-12) * s, torch's formula."""
-    loss = binary_cross_entropy(probs, target, weight=weight, reduction=reduction, base=base)
-    p, y, w, _, dt = _binary_args(probs, target, weight, None, reduction, "probs")
-    s = _elem_grad_scale(grad_output, reduction, p.size, base)
-    # torch's EPSILON is the float 1e-12 (9.99999996e-13), also for double
-    grad = (s * w * (p - y) / np.maximum((1 - p) * p, float(np.float32(1e-12)))).astype(dt)
-    return loss, np.broadcast_to(grad, p.shape).copy()
-
-
-def _softplus(x):
-    """log(1 + exp(x)) without overflow."""
-    return np.logaddexp(np.zeros((), x.dtype), x)
-
-
-def binary_cross_entropy_with_logits(logits, target, *, weight=None, pos_weight=None,
-                                     reduction="mean", base=None, num_threads=None):
-    """w ((1 - y) softplus(x) + pw y softplus(-x)), a term with a zero coefficient being 0
-    (algebraically torch's (1 - y) x - (1 + (pw - 1) y) log sigmoid(x))."""
-    x, y, w, pw, dt = _binary_args(logits, target, weight, pos_weight, reduction, "logits")
-    with np.errstate(all="ignore"):
-        a, c = 1 - y, pw * y
-        t1 = np.where(a == 0, 0.0, a * _softplus(x))
-        t2 = np.where(c == 0, 0.0, c * _softplus(-x))
-        loss = (w * (t1 + t2) * _log_unit(base)).astype(dt)
-    return _reduce_elems(loss, reduction, dt)
-
-
-def binary_cross_entropy_with_logits_with_grad(logits, target, *, weight=None, pos_weight=None,
-                                               reduction="mean", base=None, grad_output=1.0,
-                                               num_threads=None):
-    """(loss, grad): grad = w ((1 - y) sigmoid(x) - pw y sigmoid(-x)) * s."""
-    loss = binary_cross_entropy_with_logits(logits, target, weight=weight, pos_weight=pos_weight,
-                                            reduction=reduction, base=base)
-    x, y, w, pw, dt = _binary_args(logits, target, weight, pos_weight, reduction, "logits")
-    s = _elem_grad_scale(grad_output, reduction, x.size, base)
-    with np.errstate(all="ignore"):
-        sig = np.exp(-_softplus(-x))          # sigmoid(x)
-        sig_n = np.exp(-_softplus(x))         # sigmoid(-x)
-        grad = (s * w * ((1 - y) * sig - pw * y * sig_n)).astype(dt)
-    return loss, np.broadcast_to(grad, x.shape).copy()
 
 
 # --------------------------------------------------------------------------------------------
