@@ -209,11 +209,6 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
             lscale, gscale, row_scale, loss_rows, z_rows, gv, rpb, n_threads)
     if bad >= 0:
         check.raise_bad_label(t, bad, C, ignore_index)
-    if return_z_loss and zl == 0.0:
-        # no z-loss: its part is exactly 0, also in rows whose log-sum-exp is not finite
-        ztotal = 0.0
-        if z_rows is not None:
-            z_rows[...] = 0.0
     if sw is not None and C:
         # s_i * loss_i per row; sums of the weighted rows (the rows hold lscale already).
         # (C = 0: every row is 0 or NaN whatever its weight, and the mean is NaN.)

@@ -138,7 +138,7 @@ cdef int _split_row(const fx_xent_args *A, bint f64, Py_ssize_t i, fx_part *part
                 else:
                     fx_fill_f32(<float *>(A.g.base + i * A.g.s0) + k * FX_SEG,
                                 min(C - k * FX_SEG, <Py_ssize_t>FX_SEG), NAN)
-        _emit(A, f64, i, NAN, NAN, part)
+        _emit(A, f64, i, NAN, NAN if A.o.zl != 0.0 else 0.0, part)
         return 1
     if A.o.eps != 0.0:
         for k in prange(nseg, schedule="static", num_threads=n_threads):

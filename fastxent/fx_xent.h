@@ -69,7 +69,7 @@ static inline fx_xent_res fx_xent_row(const fx_xent_opts *o, const fx_xent_stat 
     r.loss += ec * (o->W * s->ls + s->gap);
     coef += ec * o->W;
     lse = s->m + s->ls;
-    r.z = o->zl * lse * lse;
+    r.z = o->zl != 0.0 ? o->zl * lse * lse : 0.0;     /* no z-loss: exactly 0, even for a NaN row */
     r.loss += r.z;
     coef += 2.0 * o->zl * lse;
     r.a = gs * coef * s->inv_s;
@@ -325,7 +325,7 @@ static inline void FX_S(xent_rows)(const fx_xent_args *A, ptrdiff_t lo, ptrdiff_
                         FX_S(row_store)(S.g, S.z, C, (T)A->scale, (T)A->cap, fx_row(&A->g, i),
                                         A->g.cs, A->g.dt);
                 }
-                FX_S(xent_emit)(A, i, NAN, NAN, part);
+                FX_S(xent_emit)(A, i, NAN, o->zl != 0.0 ? NAN : 0.0, part);
                 continue;
             }
             st.m = (double)m;
