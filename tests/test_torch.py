@@ -16,7 +16,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 
 import fastxent  # noqa: E402
 import fastxent.torch as ft  # noqa: E402
-from fastxent import _xent  # noqa: E402
+from fastxent._kernels import xent as _xent  # noqa: E402
 
 # torch's own internals (dynamo / opcheck) use torch.jit.script_method, deprecated in 2.13
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")
@@ -469,7 +469,7 @@ _THREADS_SCRIPT = textwrap.dedent("""
     import numpy as np
     import torch
     import fastxent.torch as ft
-    from fastxent import _xent
+    from fastxent._kernels import xent as _xent
 
     def nthreads():
         return len(os.listdir("/proc/self/task"))
@@ -492,7 +492,7 @@ def test_omp_num_threads_and_per_call_override():
     assert max_threads == 1
     assert after == before + 1
     env["OMP_NUM_THREADS"] = "3"
-    code = "from fastxent import _xent; print(_xent.max_threads())"
+    code = "from fastxent._kernels import xent; print(xent.max_threads())"
     out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True,
                          text=True, cwd=os.path.dirname(sys.executable))
     assert int(out.stdout) == 3
