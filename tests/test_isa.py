@@ -7,6 +7,7 @@ and binary cross-entropy) also run under every supported level (``every_isa`` in
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -34,11 +35,11 @@ def restore_level():
     _kernels.chosen_by = before[1]
 
 
-def run_python(code, **env):
+def run_python(code, *args, **env):
     """Run ``code`` in a fresh interpreter with ``env`` added (FASTXENT_ISA removed unless given)."""
     full = {k: v for k, v in os.environ.items() if k != "FASTXENT_ISA"}
     full.update(env)
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], capture_output=True, text=True,
                           env=full, cwd=os.path.dirname(sys.executable), timeout=300)
 
 
@@ -67,7 +68,8 @@ def test_cpu_runs_its_levels():
 
 
 def test_import_picks_the_best_level():
-    p = run_python("import fastxent, json; c = fastxent.config(); print(json.dumps([c['isa'], c['isa_chosen_by']]))")
+    p = run_python("import fastxent, json; c = fastxent.config(); "
+                   "print(json.dumps([c['isa'], c['isa_chosen_by']]))")
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout) == [SUPPORTED[-1], "CPU"]
 
@@ -128,25 +130,24 @@ def test_missing_features_of_a_level():
         _kernels._check("x86-64-v4", fake_cpu(os_avx512=False))
 
 
-_FAKE_CPU_IMPORT = """
-    import json, sys, types
-    cpu = types.ModuleType("fastxent._cpu")          # stands in for the CPUID reader
-    cpu.features = lambda: json.loads(sys.argv[1])
-    cpu.brand = lambda: "a test CPU"
-    sys.modules["fastxent._cpu"] = cpu
-    import fastxent
-    print(fastxent.config()["isa"])
-"""
+def import_on(features, **env):
+    """Import fastxent in a fresh interpreter whose CPU reader reports ``features``."""
+    return run_python("""
+        import json, sys, types
+        cpu = types.ModuleType("fastxent._cpu")          # stands in for the CPUID reader
+        cpu.features = lambda: json.loads(sys.argv[1])
+        cpu.brand = lambda: "a test CPU"
+        sys.modules["fastxent._cpu"] = cpu
+        import fastxent
+        print(fastxent.config()["isa"])
+        """, json.dumps(features), **env)
 
 
 @x86_only
 def test_import_on_a_cpu_without_avx512():
-    p = subprocess.run([sys.executable, "-c", textwrap.dedent(_FAKE_CPU_IMPORT), json.dumps(fake_cpu(**V3_CPU))],
-                       capture_output=True, text=True, timeout=300,
-                       env={k: v for k, v in os.environ.items() if k != "FASTXENT_ISA"})
+    p = import_on(fake_cpu(**V3_CPU))
     assert p.returncode == 0 and p.stdout.strip() == "x86-64-v3", p.stderr
-    p = subprocess.run([sys.executable, "-c", textwrap.dedent(_FAKE_CPU_IMPORT), json.dumps(fake_cpu(**V3_CPU))],
-                       capture_output=True, text=True, timeout=300, env=dict(os.environ, FASTXENT_ISA="x86-64-v4"))
+    p = import_on(fake_cpu(**V3_CPU), FASTXENT_ISA="x86-64-v4")
     assert p.returncode != 0
     assert p.stderr.strip().splitlines()[-1] == (
         "ImportError: FASTXENT_ISA=x86-64-v4: this CPU cannot run the x86-64-v4 kernels: it lacks avx512bw, "
@@ -156,13 +157,29 @@ def test_import_on_a_cpu_without_avx512():
 
 @x86_only
 def test_import_on_a_cpu_below_the_baseline():
-    p = subprocess.run([sys.executable, "-c", textwrap.dedent(_FAKE_CPU_IMPORT), json.dumps(fake_cpu(**OLD_CPU))],
-                       capture_output=True, text=True, timeout=300,
-                       env={k: v for k, v in os.environ.items() if k != "FASTXENT_ISA"})
+    p = import_on(fake_cpu(**OLD_CPU))
     assert p.returncode != 0
     assert p.stderr.strip().splitlines()[-1] == (
         "ImportError: fastxent cannot run on this CPU: its lowest kernel level, x86-64-v2, needs popcnt, "
         "sse4_1, sse4_2")
+
+
+CHECK_ISA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "check_isa.py")
+
+
+@x86_only
+@pytest.mark.skipif(not os.path.exists(CHECK_ISA), reason="tools/ is not next to these tests")
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="needs objdump (GNU binutils)")
+def test_machine_code_matches_levels():
+    """No module holds an instruction beyond its level (e.g. AVX leaking into x86-64-v2 through
+    CFLAGS), and the x86-64-v4 modules really use 512-bit vectors."""
+    p = subprocess.run([sys.executable, CHECK_ISA, os.path.dirname(_kernels.__file__)], capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    rows = {line.split()[0]: line.split() for line in p.stdout.splitlines()[1:]}
+    for fam in _kernels.FAMILIES:
+        assert int(rows[f"_{fam}_x86_64_v4"][6]) > 0                 # 512-bit instructions
+        assert int(rows[f"_{fam}_x86_64_v2"][4]) == 0                # no VEX 128-bit
 
 
 # ------------------------------------------------------------------ use() and show_config()
@@ -293,7 +310,8 @@ def _outputs(dtype, n, c):
     out["entropy"] = ("sum", fastxent.entropy(p), 0.0)
     out["kl_divergence"] = ("sum", fastxent.kl_divergence(p, q), 0.0)
     out["binary_cross_entropy"] = ("elem", fastxent.binary_cross_entropy(p, y, reduction="none"), 0.0)
-    out["binary_cross_entropy grad"] = ("elem", fastxent.binary_cross_entropy_with_grad(p, y, reduction="none")[1], 0.0)
+    out["binary_cross_entropy grad"] = (
+        "elem", fastxent.binary_cross_entropy_with_grad(p, y, reduction="none")[1], 0.0)
     bl = np.where(np.isfinite(x), x, 0).astype(dtype)
     out["binary_cross_entropy_with_logits"] = (
         "elem", fastxent.binary_cross_entropy_with_logits(bl, y, reduction="none"), 0.0)
