@@ -30,6 +30,7 @@ import glob
 import os
 import platform
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -183,9 +184,12 @@ def _level(cc, name, number, flags, baseline_macros, base_flags):
 
 
 def _levels(cc, base_flags):
-    """The levels to build (those of ``_planned_levels``), lowest first."""
-    baseline = cc.macros(base_flags)
+    """The levels to build (those of ``_planned_levels``), lowest first.  A level's ``requires``
+    are measured against the bare compiler (no CFLAGS): flags such as ``-mavx2`` in CFLAGS reach
+    every level, and then import refuses a level on a CPU without AVX2 instead of crashing."""
+    bare = _Compiler(shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"))
     names = _planned_levels()
+    baseline = bare.macros(["-march=x86-64"] if names[0].startswith("x86-64") else [])
     if names == ["native"]:
         if not cc.accepts(["-march=native"]):
             raise PlatformError("fastxent: FASTXENT_NATIVE=1 but the C compiler does not accept -march=native.")

@@ -56,7 +56,8 @@ SRC="$WORK/$(basename "$SDIST" .tar.gz)"
     python -m pip install -q --upgrade pip
     python -m pip install -q "$SRC[test]"
     cd "$SRC"
-    $PYTEST
+    pytest -q      # the sdist's pytest configuration; not `python -m pytest`, which would put the
+                   # uncompiled ./fastxent ahead of the installed one
 )
 
 # ---- 4. no compiler: one clear message
