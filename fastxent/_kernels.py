@@ -84,8 +84,10 @@ def _select():
         return
     runs = supported()
     if not runs:
+        hint = ("; this is a FASTXENT_NATIVE=1 build for another CPU: rebuild it here, or build the "
+                "default (portable) way" if LEVELS == ("native",) else "")
         raise ImportError(f"fastxent cannot run on this CPU: "
-                          f"its lowest kernel level, {LEVELS[0]}, needs {', '.join(missing(LEVELS[0]))}")
+                          f"its lowest kernel level, {LEVELS[0]}, needs {', '.join(missing(LEVELS[0]))}{hint}")
     use(runs[-1])
     chosen_by = "CPU"
 
