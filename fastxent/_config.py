@@ -5,18 +5,17 @@ import os
 import platform
 from typing import Any
 
-from ._kernels import xent as _xent
+from . import _cpu, _kernels
+from ._build_info import BUILD_INFO
 
-try:
-    from ._build_info import BUILD_INFO
-except ImportError:  # pragma: no cover - only when built without setup.py
-    BUILD_INFO = {"openmp": _xent.openmp_enabled(), "compiler": "unknown", "compile_args": [],
-                  "link_args": [], "portable": None}
+_LEVELS = {level["name"]: level for level in BUILD_INFO["levels"]}
+_CHOSEN = {"CPU": "the best this CPU runs", "FASTXENT_ISA": "forced by FASTXENT_ISA",
+           "use()": "chosen with fastxent._kernels.use()"}
 
 
 def _openmp_runtime():
     """Name of the OpenMP runtime library loaded into this process (from /proc/self/maps)."""
-    if not _xent.openmp_enabled():
+    if not _kernels.xent.openmp_enabled():
         return None
     try:
         with open("/proc/self/maps") as f:
@@ -44,33 +43,39 @@ def config() -> dict[str, Any]:
     """
     from . import __version__
 
-    openmp = _xent.openmp_enabled()
+    openmp = _kernels.xent.openmp_enabled()
+    level = _LEVELS[_kernels.level]
     return {
         "version": __version__,
         "openmp": openmp,
         "openmp_runtime": _openmp_runtime(),
-        "default_threads": _xent.max_threads(),
+        "default_threads": _kernels.xent.max_threads(),
         "cpu_count": os.cpu_count(),
         "compiler": BUILD_INFO.get("compiler"),
         "compile_args": list(BUILD_INFO.get("compile_args", [])),
         "link_args": list(BUILD_INFO.get("link_args", [])),
-        "portable_build": BUILD_INFO.get("portable"),
-        "simd": _xent.simd_level(),
+        "build": BUILD_INFO["build"],
+        "isa": level["name"],
+        "isa_chosen_by": _kernels.chosen_by,
+        "simd": level["simd"],
+        "isa_flags": list(level["flags"]),
+        "isa_built": {name: lv["simd"] for name, lv in _LEVELS.items()},
+        "isa_supported": _kernels.supported(),
+        "cpu": _cpu.brand() or platform.processor() or None,
         "machine": platform.machine(),
         "python": platform.python_version(),
     }
 
 
 def show_config() -> None:
-    """Print the version, OpenMP on/off and runtime, the default thread count, the compiler and
-    flags, and the SIMD level the kernels were built for.
+    """Print the version, OpenMP on/off and runtime, the default thread count, the CPU, the
+    kernels' instruction-set level in use and the levels built, the compiler and flags.
 
     Examples
     --------
     >>> import fastxent
     >>> fastxent.show_config()          # doctest: +ELLIPSIS
-    fastxent        : ...
-    openmp          : ...
+    fastxent ...
     """
     c = config()
     omp = "on (%s)" % c["openmp_runtime"] if c["openmp"] else "off (single threaded build)"
@@ -79,10 +84,13 @@ def show_config() -> None:
         ("openmp", omp),
         ("default threads", "%d (of %s CPUs; OMP_NUM_THREADS / threadpoolctl / num_threads=)"
          % (c["default_threads"], c["cpu_count"])),
+        ("cpu", "%s (runs %s)" % (c["cpu"] or "unknown", ", ".join(c["isa_supported"]) or "-")),
+        ("isa", "%s: %s (%s)" % (c["isa"], c["simd"], _CHOSEN[c["isa_chosen_by"]])),
+        ("isa built", "; ".join("%s: %s" % kv for kv in c["isa_built"].items())
+         + " [%s build]" % c["build"]),
         ("compiler", c["compiler"]),
-        ("compile flags", " ".join(c["compile_args"])),
+        ("compile flags", " ".join(c["compile_args"] + c["isa_flags"])),
         ("link flags", " ".join(c["link_args"]) or "-"),
-        ("simd", c["simd"] + (" [portable build]" if c["portable_build"] else "")),
         ("machine", "%s, Python %s" % (c["machine"], c["python"])),
     ]
     width = max(len(k) for k, _ in lines)

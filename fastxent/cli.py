@@ -44,7 +44,7 @@ def _cmd_info(args):
 
 
 def _add_info(sub):
-    p = sub.add_parser("info", help="show version, OpenMP, threads, compiler flags and SIMD level",
+    p = sub.add_parser("info", help="show version, OpenMP, threads, CPU, kernel level and compiler flags",
                        description="Show fastxent's build and runtime configuration.")
     p.add_argument("--json", action="store_true", help="print fastxent.config() as JSON")
     p.set_defaults(func=_cmd_info)

@@ -189,3 +189,24 @@ def finite_differences(f, x, h=1e-5):
         xm[idx] -= h
         grad[idx] = (f(xp) - f(xm)) / (2 * h)
     return grad
+
+
+# --------------------------------------------------------------------------------------------
+# Instruction-set levels: the modules that mark themselves with
+#     pytestmark = pytest.mark.usefixtures("every_isa")
+# run once under every kernel level this CPU supports (x86-64-v2 / -v3 / -v4 on x86-64), through
+# fastxent._kernels.use; the rest of the suite runs the level chosen at import.
+# --------------------------------------------------------------------------------------------
+def _supported_levels():
+    from fastxent import _kernels
+    return _kernels.supported()
+
+
+@pytest.fixture(scope="module", params=_supported_levels())
+def every_isa(request):
+    from fastxent import _kernels
+    before = _kernels.level, _kernels.chosen_by
+    _kernels.use(request.param)
+    yield request.param
+    _kernels.use(before[0])
+    _kernels.chosen_by = before[1]

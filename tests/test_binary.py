@@ -14,6 +14,9 @@ import fastxent
 from fastxent import reference as ref
 from tests.conftest import FLOAT_DTYPES, LAYOUTS_2D, assert_close, f64, in_layout
 
+# run under every instruction-set level this CPU supports (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("every_isa")
+
 SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 REDUCTIONS = ["mean", "sum", "none"]
 BCE = fastxent.binary_cross_entropy

@@ -9,6 +9,9 @@ import fastxent
 from fastxent import reference as ref
 from tests.conftest import FLOAT_DTYPES, assert_close, assert_with_grad_close, f64
 
+# run under every instruction-set level this CPU supports (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("every_isa")
+
 REDUCTIONS = ["mean", "sum", "none"]
 
 

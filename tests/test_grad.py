@@ -7,6 +7,9 @@ import pytest
 import fastxent
 from tests.conftest import finite_differences as _finite_differences, FLOAT_DTYPES, assert_with_grad_close, grad_unit, make_logits
 
+# run under every instruction-set level this CPU supports (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("every_isa")
+
 REDUCTIONS = ["mean", "sum", "none"]
 
 

@@ -7,6 +7,9 @@ import fastxent
 from fastxent import reference as ref
 from tests.conftest import FLOAT_DTYPES, TOL, assert_close, make_logits
 
+# run under every instruction-set level this CPU supports (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("every_isa")
+
 mpmath.mp.dps = 50
 
 
