@@ -300,7 +300,8 @@ class BuildExt(build_ext):
         path = os.path.join(self.build_lib, "fastxent", "_build_info.py")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:
-            f.write('"""Written by setup.py at build time."""\nBUILD_INFO = %r\n' % (info,))
+            f.write('"""Written by setup.py at build time."""\nfrom typing import Any\n\n'
+                    'BUILD_INFO: dict[str, Any] = %r\n' % (info,))
 
     def get_outputs(self):
         return super().get_outputs() + [os.path.join(self.build_lib, "fastxent", "_build_info.py")]

@@ -15,9 +15,14 @@ register state.
 """
 import os
 from importlib import import_module
+from typing import TYPE_CHECKING
 
 from . import _cpu
 from ._build_info import BUILD_INFO
+
+if TYPE_CHECKING:      # the families' interfaces (_xent.pyi, _probs.pyi); set by use() at run time
+    from . import _probs as probs
+    from . import _xent as xent
 
 ENV = "FASTXENT_ISA"
 LEVELS = tuple(level["name"] for level in BUILD_INFO["levels"])     # built, lowest first

@@ -400,8 +400,7 @@ def rows(p, q, grad_out, labels, int op, int mode, double lo, double hi, double 
     A.hi = hi
     A.sign = 1.0 if op == FX_ROW_KL else -1.0
     A.gscale = gscale
-    A.row_scale = (NULL if row_scale is None
-                   else <const double *>cnp.PyArray_DATA(<cnp.ndarray>row_scale))
+    A.row_scale = <const double *>data_of(row_scale)
     A.vals_out = NULL if vals_out is None else <char *>cnp.PyArray_DATA(<cnp.ndarray>vals_out)
     A.lscale = lscale
     if cnp.PyArray_TYPE(ref) == cnp.NPY_FLOAT32:

@@ -4,6 +4,8 @@
 types from here; nothing here can fail, allocate Python objects or touch the GIL.
 """
 
+from libc.stdint cimport int64_t
+
 cdef extern from "_rowmath.h" nogil:
     enum:
         FX_BLOCK
@@ -105,7 +107,7 @@ cdef extern from "_rowmath.h" nogil:
         double *loss
         double *conf
         double *brier
-        long long *rank
+        int64_t *rank
     Py_ssize_t fx_score_rows_f32(const fx_score_args *A, Py_ssize_t lo, Py_ssize_t hi)
     Py_ssize_t fx_score_rows_f64(const fx_score_args *A, Py_ssize_t lo, Py_ssize_t hi)
 

@@ -385,7 +385,7 @@ def score_rows(x, labels, int kind, Py_ssize_t ignore_index, double lo, loss_out
     A.loss = <double *>data_of(loss_out)
     A.conf = <double *>data_of(conf_out)
     A.brier = <double *>data_of(brier_out)
-    A.rank = <long long *>data_of(rank_out)
+    A.rank = <int64_t *>data_of(rank_out)
     cdef Py_ssize_t N = cnp.PyArray_DIM(<cnp.ndarray>x, 0), nb, b, lo_r, r, bad = -1
     cdef bint f64 = A.x.dt == FX_DT_F64
     cdef int nomem = 0
