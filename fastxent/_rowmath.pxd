@@ -59,7 +59,6 @@ cdef extern from "_rowmath.h" nogil:
     void fx_neumaier(double *total, double *comp, double v)
     double fx_neumaier_result(double total, double comp)
     void fx_store_fence()
-    const char *fx_simd_level()
     Py_ssize_t fx_label(const fx_xent_args *A, Py_ssize_t i)
 
     # cross-entropy: a block of rows; one long row split over threads (steps 1-5)

@@ -32,7 +32,7 @@ cimport numpy as cnp
 from fastxent._views cimport view_of, data_of, rows_of
 from fastxent._rowmath cimport (
     fx_view, fx_xent_args, fx_part, fx_xent_res, fx_part_init, fx_neumaier, fx_neumaier_result,
-    fx_store_fence, fx_simd_level, fx_label, fx_xent_rows_f32, fx_xent_rows_f64,
+    fx_store_fence, fx_label, fx_xent_rows_f32, fx_xent_rows_f64,
     fx_xent_split_stats_f32, fx_xent_split_stats_f64, fx_xent_split_merge_f32,
     fx_xent_split_merge_f64, fx_xent_split_gap_f32, fx_xent_split_gap_f64,
     fx_xent_split_formula_f32, fx_xent_split_formula_f64, fx_xent_split_grad_f32,
@@ -72,10 +72,6 @@ def openmp_enabled():
 def max_threads():
     """OpenMP's current default thread count (OMP_NUM_THREADS, threadpoolctl limits)."""
     return fx_omp_max_threads()
-
-
-def simd_level():
-    return fx_simd_level().decode()
 
 
 # ------------------------------------------------------------------ cross-entropy

@@ -189,26 +189,4 @@ static inline void fx_store_fence(void)
 #endif
 }
 
-/* SIMD level the kernels were compiled for (reported by show_config). */
-static inline const char *fx_simd_level(void)
-{
-#if defined(__AVX512F__)
-#if defined(FX_VECTOR_BITS) && FX_VECTOR_BITS == 512
-    return "AVX-512 (512-bit vectors)";
-#else
-    return "AVX-512 (256-bit vectors: the compiler's tuning)";
-#endif
-#elif defined(__AVX2__)
-    return "AVX2 (256-bit vectors)";
-#elif defined(__AVX__)
-    return "AVX (256-bit vectors)";
-#elif defined(__SSE2__)
-    return "SSE2 (128-bit vectors)";
-#elif defined(__ARM_NEON)
-    return "NEON (128-bit vectors)";
-#else
-    return "scalar / compiler default";
-#endif
-}
-
 #endif /* FASTXENT_FX_COMMON_H */

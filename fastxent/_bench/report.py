@@ -166,7 +166,8 @@ def print_header(results, out):
           + (f", L3 {m['l3_bytes'] // 2**20} MiB" if m.get("l3_bytes") else ""), file=out)
     if cfg:
         print(f"fastxent {cfg.get('version')}: openmp {'on' if cfg.get('openmp') else 'off'}, "
-              f"simd {cfg.get('simd')}, default threads {cfg.get('default_threads')}", file=out)
+              f"kernels {cfg.get('isa', '?')} ({cfg.get('simd')}), "
+              f"default threads {cfg.get('default_threads')}", file=out)
     print("peers: " + ", ".join(f"{k} {v}" if v else k for k, v in results["impls"].items()),
           file=out)
     if m.get("env"):
