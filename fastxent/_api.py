@@ -237,6 +237,9 @@ def _cross_entropy(logits, target, weight, ignore_index, reduction, label_smooth
     return (loss, zterm) if return_z_loss else loss
 
 
+_NUMBER = (float, int)     # plain Python numbers (not bool): the per-call fast path's options
+
+
 @fill
 def cross_entropy(logits: Any, target: Any, *, weight: Any = None, ignore_index: int = -100,
                   reduction: str = "mean", label_smoothing: float = 0.0, axis: int = -1,
@@ -324,9 +327,24 @@ def cross_entropy(logits: Any, target: Any, *, weight: Any = None, ignore_index:
     >>> fastxent.cross_entropy(logits[0], 0)               # one unbatched row
     np.float64(0.2413...)
     """
+    if (weight is None and softcap is None and base is None and sample_weight is None
+            and num_threads is None and return_z_loss is False and type(ignore_index) is int
+            and type(axis) is int and axis == -1 and type(reduction) is str
+            and type(label_smoothing) in _NUMBER and label_smoothing == 0
+            and type(z_loss) in _NUMBER and z_loss == 0
+            and type(logit_scale) in _NUMBER and logit_scale == 1
+            and type(focal_gamma) in _NUMBER and focal_gamma == 0
+            and (reduction == "mean" or reduction == "sum")):
+        # small plain inputs: one kernel call that checks what it needs (the per-call cost)
+        loss = _kernels.xent.plain_scalar(logits, target, ignore_index, reduction == "mean",
+                                          check.BLOCK_ELEMS)
+        if loss is not None:
+            return loss
     return _cross_entropy(logits, target, weight, ignore_index, reduction, label_smoothing,
                           num_threads, axis, z_loss, softcap, logit_scale, base, return_z_loss,
                           False, focal_gamma=focal_gamma, sample_weight=sample_weight)
+
+
 
 
 @fill

@@ -25,6 +25,10 @@ def xent(x: _Array, target: _OptArray, probs: _OptArray, weight: _OptArray, W: f
          z_out: _OptArray, grad_out: _OptArray, rows_per_block: int,
          n_threads: int) -> tuple[float, float, float, int]: ...
 
+# the plain loss of one block of rows as a NumPy scalar, or None (the validating path's case)
+def plain_scalar(x: object, t: object, ignore_index: int, mean: bool,
+                 block_elems: int) -> np.floating | None: ...
+
 # returns (first bad row or -1, sum of w[y] over the non-ignored rows)
 def label_stats(target: _Array, C: int, ignore_index: int,
                 weight: _OptArray) -> tuple[int, float]: ...

@@ -25,7 +25,7 @@ block runs without a parallel region (small inputs pay no OpenMP start-up cost).
 from cython.parallel cimport prange
 from libc.stdint cimport int32_t, int64_t
 from libc.stdlib cimport malloc, free
-from libc.math cimport NAN
+from libc.math cimport NAN, INFINITY
 
 cimport numpy as cnp
 
@@ -41,6 +41,9 @@ from fastxent._rowmath cimport (
     FX_INPUT_LOGITS, FX_INPUT_LOGPROBS, FX_SCORE_LOGITS, FX_SCORE_LOGPROBS, FX_SCORE_PROBS)
 
 cnp.import_array()
+
+cdef extern from "numpy/arrayobject.h":
+    object PyArray_Scalar(void *data, cnp.dtype descr, object base)
 
 cdef extern from *:
     """
@@ -290,6 +293,86 @@ def xent(x, target, probs, weight, double W, Py_ssize_t ignore_index, double eps
     A.stream = (A.g.base != NULL and A.g.base != A.x.base
                 and A.N * A.o.C * A.g.isz >= STREAM_MIN_BYTES)
     return _xent_run(&A, f64, rows_per_block, n_threads)
+
+
+def plain_scalar(x, t, ignore_index, bint mean, Py_ssize_t block_elems):
+    """The per-call fast path of ``cross_entropy``: the plain loss (no option) of a 2-D float32 /
+    float64 ndarray with contiguous, aligned rows and 1-D int64 / int32 ndarray labels, reduced
+    ("mean" or "sum") to a NumPy scalar -- when the rows fit one block (``block_elems``
+    elements: computed on the calling thread).  Returns None for anything else, and for a bad
+    label, so that the validating path handles (and reports) it."""
+    cdef cnp.ndarray xa, ta
+    cdef fx_xent_args A
+    cdef fx_part part
+    cdef Py_ssize_t N, C, isz, rpb
+    cdef int xt, tt
+    cdef float f32
+    cdef double v
+    if not (cnp.PyArray_CheckExact(x) and cnp.PyArray_CheckExact(t)
+            and -9223372036854775807 - 1 <= ignore_index <= 9223372036854775807):
+        return None
+    xa = <cnp.ndarray>x
+    ta = <cnp.ndarray>t
+    xt = cnp.PyArray_TYPE(xa)
+    tt = cnp.PyArray_TYPE(ta)
+    if (cnp.PyArray_NDIM(xa) != 2 or cnp.PyArray_NDIM(ta) != 1 or not cnp.PyArray_ISALIGNED(xa)
+            or (xt != cnp.NPY_FLOAT32 and xt != cnp.NPY_FLOAT64)
+            or (tt != cnp.NPY_INT64 and tt != cnp.NPY_INT32)):
+        return None
+    N = cnp.PyArray_DIM(xa, 0)
+    C = cnp.PyArray_DIM(xa, 1)
+    isz = cnp.PyArray_ITEMSIZE(xa)
+    if C == 0 or cnp.PyArray_DIM(ta, 0) != N or cnp.PyArray_STRIDE(xa, 1) != isz \
+            or cnp.PyArray_STRIDE(xa, 0) % isz != 0:
+        return None
+    rpb = block_elems // C if block_elems >= C else 1
+    if N > rpb:
+        return None
+    A.x = view_of(x)
+    A.g = view_of(None)
+    A.p = view_of(None)
+    A.t = <const char *>cnp.PyArray_DATA(ta)
+    A.ts = cnp.PyArray_STRIDE(ta, 0)
+    A.t64 = tt == cnp.NPY_INT64
+    A.N = N
+    A.o.C = C
+    A.o.w = NULL
+    A.o.W = <double>C
+    A.o.eps = 0.0
+    A.o.zl = 0.0
+    A.o.gamma = 0.0
+    A.o.soft = 0
+    A.o.input = FX_INPUT_LOGITS
+    A.ignore_index = <Py_ssize_t>ignore_index
+    A.scale = 1.0
+    A.cap = 0.0
+    A.lscale = 1.0
+    A.gscale = 1.0
+    A.row_scale = NULL
+    A.loss_out = NULL
+    A.z_out = NULL
+    A.direct = 1
+    A.stream = 0
+    fx_part_init(&part)
+    with nogil:
+        if xt == cnp.NPY_FLOAT64:
+            fx_xent_rows_f64(&A, 0, N, &part)
+        else:
+            fx_xent_rows_f32(&A, 0, N, &part)
+    if part.bad >= 0 or part.nomem:
+        return None
+    v = part.loss
+    if mean:    # IEEE division, as the validating path (0/0: nan, x/0: +-inf)
+        if part.wsum != 0.0:
+            v = v / part.wsum
+        elif v != v or v == 0.0:
+            v = NAN
+        else:
+            v = INFINITY if v > 0 else -INFINITY
+    if xt == cnp.NPY_FLOAT64:
+        return PyArray_Scalar(&v, cnp.PyArray_DescrFromType(cnp.NPY_FLOAT64), None)
+    f32 = <float>v
+    return PyArray_Scalar(&f32, cnp.PyArray_DescrFromType(cnp.NPY_FLOAT32), None)
 
 
 cdef tuple _label_stats(const char *tp, bint t64, Py_ssize_t ts, Py_ssize_t N, Py_ssize_t C,
