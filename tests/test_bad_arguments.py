@@ -60,15 +60,8 @@ def _params(f):
     return [p for p in sig.parameters if sig.parameters[p].kind != inspect.Parameter.VAR_KEYWORD]
 
 
-# score_arrays (fastxent.score) lets NumPy / Python errors through for these (a ragged
-# offsets list, a non-bool flag, top_k=None, a huge ece_bins, a bytes path): found by this
-# sweep, to be fixed in fastxent.score; the strict xfails flip when they are.
-SCORE_ESCAPES = {"offsets", "input", "binary", "shift", "per_sequence", "top_k", "ece_bins",
-                 "out", "per_class", "progress"}
-CASES = [pytest.param(name, p, id=f"{name}-{p}", marks=pytest.mark.xfail(
-             strict=True, reason="fastxent.score: an unnamed NumPy/Python error escapes"))
-         if name == "score_arrays" and p in SCORE_ESCAPES else pytest.param(name, p, id=f"{name}-{p}")
-         for name in ARGS for p in _params(getattr(fastxent, name))]
+CASES = [pytest.param(name, p, id=f"{name}-{p}") for name in ARGS
+         for p in _params(getattr(fastxent, name))]
 
 
 @pytest.mark.parametrize("name, param", CASES)

@@ -148,6 +148,9 @@ def check_outputs(out, per_class, paths):
     """``out`` and ``per_class`` can be written and are none of the input ``paths``."""
     for path, what in ((out, "out"), (per_class, "per_class")):
         if path is not None:
+            if not isinstance(path, (str, os.PathLike)) or not isinstance(os.fspath(path), str):
+                raise TypeError(f"{what}: expected a file path (str or os.PathLike), got "
+                                f"{type(path).__name__}")
             check_out_path(path, what)
             check_not_input(path, what, paths)
     if out is not None and per_class is not None:

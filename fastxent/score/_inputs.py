@@ -265,7 +265,10 @@ def load_offsets(offsets, n_rows):
             offs = _wrap("offsets", r.__getitem__, slice(None))
     else:
         what = "offsets"
-        offs = np.asarray(offsets)
+        try:
+            offs = np.asarray(offsets)
+        except (TypeError, ValueError) as exc:
+            raise ScoreError(f"offsets: expected a 1-D array of integers ({exc})") from None
     if offs.size == 0:
         raise ScoreError(f"{what}: is empty; it needs S + 1 entries from 0 to N")
     if offs.ndim != 1 or offs.dtype.kind not in "iu":

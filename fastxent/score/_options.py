@@ -55,6 +55,16 @@ def _positive(value, name, allow_none=True):
     return int(value)
 
 
+MAX_BINS = 1 << 20     # calibration bins / top-k: far beyond any use, far below a memory error
+
+
+def _bins(value):
+    n = _positive(value, "ece_bins", False)
+    if n > MAX_BINS:
+        raise ScoreError(f"ece_bins: at most {MAX_BINS}, got {n}")
+    return n
+
+
 def _base(base):
     if base is None or (isinstance(base, str) and base.strip().lower() == "e"):
         return None
@@ -86,11 +96,20 @@ def options(*, input="auto", binary=False, ignore_index=-100, base=None, top_k=(
             eps=None, shift=False, per_sequence=False, chunk_rows=None, num_threads=None,
             memory_limit=DEFAULT_MEMORY_LIMIT, progress=False):
     """Validated :class:`Options` from the keyword arguments of ``score_files``."""
+    if not isinstance(input, str):
+        raise TypeError(f"input: expected one of {', '.join(INPUTS)}, got {type(input).__name__}")
     if input not in INPUTS:
         raise ScoreError(f"input: expected one of {', '.join(INPUTS)}, got {input!r}")
+    binary, shift, per_sequence, progress = (check.flag(v, n) for v, n in (
+        (binary, "binary"), (shift, "shift"), (per_sequence, "per_sequence"),
+        (progress, "progress")))
     if isinstance(top_k, numbers.Integral):
         top_k = (top_k,)
+    if not isinstance(top_k, (tuple, list, range)):
+        raise TypeError(f"top_k: expected an int or a sequence of ints, got {type(top_k).__name__}")
     ks = tuple(sorted({_positive(k, "top_k", False) for k in top_k}))
+    if ks and ks[-1] > MAX_BINS:
+        raise ScoreError(f"top_k: at most {MAX_BINS}, got {ks[-1]}")
     if binary and ks:
         raise ScoreError("top_k: top-k accuracy needs several classes, not binary scores")
     if eps is not None:
@@ -101,9 +120,9 @@ def options(*, input="auto", binary=False, ignore_index=-100, base=None, top_k=(
         eps = float(eps)
     threads = _value_error(check.num_threads, num_threads)
     return Options(
-        input=input, binary=bool(binary),
+        input=input, binary=binary,
         ignore_index=_value_error(check.integer, ignore_index, "ignore_index"),
-        base=_base(base), top_k=ks, ece_bins=_positive(ece_bins, "ece_bins", False), eps=eps,
-        shift=bool(shift), per_sequence=bool(per_sequence),
+        base=_base(base), top_k=ks, ece_bins=_bins(ece_bins), eps=eps,
+        shift=shift, per_sequence=per_sequence,
         chunk_rows=_positive(chunk_rows, "chunk_rows"), num_threads=threads,
-        memory_limit=_memory(memory_limit), progress=bool(progress))
+        memory_limit=_memory(memory_limit), progress=progress)
