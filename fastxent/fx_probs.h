@@ -29,13 +29,21 @@ enum { FX_ROW_XENT = 0, FX_ROW_ENTROPY = 1, FX_ROW_KL = 2, FX_BIN_PROBS = 3, FX_
 /* kl_terms mode bits */
 enum { FX_KL_LOG_Q = 1, FX_KL_LOG_P = 2 };
 
-/* sum of n doubles (a row's terms), vectorised: a fixed order for a given n */
+/* sum of n doubles (a row's terms), vectorised into FX_LANES partial sums combined as a fixed
+ * tree: the same order for every vector width, so every instruction-set level gives the same sum */
 static inline double fx_dsum(const double *t, ptrdiff_t n)
 {
-    double a = 0.0;
-    FX_SIMD_SUM(a)
-    for (ptrdiff_t i = 0; i < n; i++) a += t[i];
-    return a;
+    double acc[FX_LANES];
+    ptrdiff_t i = 0, j, w;
+    for (j = 0; j < FX_LANES; j++) acc[j] = 0.0;
+    for (; i + FX_LANES <= n; i += FX_LANES) {
+        FX_SIMD
+        for (j = 0; j < FX_LANES; j++) acc[j] += t[i + j];
+    }
+    for (j = 0; i + j < n; j++) acc[j] += t[i + j];
+    for (w = FX_LANES / 2; w > 0; w /= 2)
+        for (j = 0; j < w; j++) acc[j] += acc[j + w];
+    return acc[0];
 }
 #endif
 
