@@ -328,7 +328,9 @@ def cross_entropy(logits: Any, target: Any, *, weight: Any = None, ignore_index:
     np.float64(0.2413...)
     """
     if (weight is None and softcap is None and base is None and sample_weight is None
-            and num_threads is None and return_z_loss is False and type(ignore_index) is int
+            and (num_threads is None
+                 or type(num_threads) is int and 0 < num_threads <= check.MAX_THREADS)
+            and return_z_loss is False and type(ignore_index) is int
             and type(axis) is int and axis == -1 and type(reduction) is str
             and type(label_smoothing) in _NUMBER and label_smoothing == 0
             and type(z_loss) in _NUMBER and z_loss == 0

@@ -12,6 +12,7 @@
  * FX_T the type, FX_S(name) the function names, FX_DT its FX_DT_* code, and its element
  * functions (fx_math.h).  fx_templates.h includes the templates and undefines the parameters. */
 #define FX_T float
+#define FX_F32 1
 #define FX_S(name) fx_##name##_f32
 #define FX_DT FX_DT_F32
 #define FX_EXP fx_expf
@@ -27,6 +28,7 @@
 #include "fx_templates.h"
 
 #define FX_T double
+#define FX_F32 0
 #define FX_S(name) fx_##name##_f64
 #define FX_DT FX_DT_F64
 #define FX_EXP fx_exp

@@ -189,4 +189,59 @@ static inline void fx_store_fence(void)
 #endif
 }
 
+/* ------------------------------------------------------------------ short-row transpose
+ * R rows of C <= 32 float32 values (row stride rs elements) into tr[c * ld + r].  With AVX-512,
+ * 16 rows at a time: masked row loads and an in-register 16 x 16 transpose (16 loads, 64
+ * shuffles and C stores per 16 rows, instead of 16 C scalar loads and stores). */
+#if defined(__AVX512F__)
+static inline void fx_tr16x16(__m512 r[16])
+{
+    __m512 t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+        r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+        r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+        r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; i++) {
+        t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+        t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xDD);
+        t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+        t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xDD);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+        r[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88);
+        r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
+        r[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xDD);
+    }
+}
+#endif
+
+static inline void fx_short_transpose_f32(const float *x, ptrdiff_t rs, ptrdiff_t R, ptrdiff_t C,
+                                          float *tr, ptrdiff_t ld)
+{
+    ptrdiff_t r0 = 0;
+#if defined(__AVX512F__)
+    for (ptrdiff_t c0 = 0; c0 < C; c0 += 16) {
+        ptrdiff_t w = C - c0 < 16 ? C - c0 : 16;
+        __mmask16 mask = (__mmask16)((1u << w) - 1u);
+        for (r0 = 0; r0 + 16 <= R; r0 += 16) {
+            __m512 v[16];
+            for (int i = 0; i < 16; i++)
+                v[i] = _mm512_maskz_loadu_ps(mask, x + (r0 + i) * rs + c0);
+            fx_tr16x16(v);
+            for (ptrdiff_t c = 0; c < w; c++)
+                _mm512_storeu_ps(tr + (c0 + c) * ld + r0, v[c]);
+        }
+    }
+#endif
+    for (ptrdiff_t r = r0; r < R; r++)
+        for (ptrdiff_t c = 0; c < C; c++) tr[c * ld + r] = x[r * rs + c];
+}
+
 #endif /* FASTXENT_FX_COMMON_H */

@@ -45,9 +45,13 @@ FX_S(seg_stats_impl)(const T *x, ptrdiff_t n, T *m_out, double *t_out, T *e, T *
                 mx[j] = v > mx[j] ? v : mx[j];
             }
         }
-        for (j = 0; i + j < len; j++) {
-            T v = xb[i + j];
-            mx[j] = v > mx[j] ? v : mx[j];
+        if (i < len) {      /* the tail as one masked vector step: missing lanes are -inf */
+            ptrdiff_t rem = len - i;
+            FX_SIMD
+            for (j = 0; j < FX_LANES; j++) {
+                T v = j < rem ? xb[i + j] : -(T)INFINITY;
+                mx[j] = v > mx[j] ? v : mx[j];
+            }
         }
         for (w = FX_LANES / 2; w > 0; w /= 2)
             for (j = 0; j < w; j++)
@@ -107,12 +111,16 @@ FX_S(seg_stats_impl)(const T *x, ptrdiff_t n, T *m_out, double *t_out, T *e, T *
                 cnt[j] += (double)(d == 0 ? (T)1 : (T)0);
             }
         }
-        for (j = 0; i + j < len; j++) {
-            T d = xb[i + j] - mn;
-            T ev = FX_EXP(d);
-            if (store) eb[i + j] = ev;
-            acc[j] += d == 0 ? 0.0 : (double)ev;
-            cnt[j] += d == 0 ? 1.0 : 0.0;
+        if (i < len) {      /* the tail: a missing lane is -inf, whose exp adds exactly 0 */
+            ptrdiff_t rem = len - i;
+            FX_SIMD
+            for (j = 0; j < FX_LANES; j++) {
+                T d = (j < rem ? xb[i + j] : -(T)INFINITY) - mn;
+                T ev = FX_EXP(d);
+                if (store && j < rem) eb[i + j] = ev;
+                acc[j] += (double)(d == 0 ? (T)0 : ev);
+                cnt[j] += (double)(d == 0 ? (T)1 : (T)0);
+            }
         }
         for (w = FX_LANES / 2; w > 0; w /= 2)
             for (j = 0; j < w; j++) { acc[j] += acc[j + w]; cnt[j] += cnt[j + w]; }
@@ -238,8 +246,12 @@ static inline void FX_S(short_stats)(const T *x, ptrdiff_t rs, ptrdiff_t R, ptrd
     T tr[FX_SHORT_C * FX_SHORT_R];  /* the block transposed: tr[c][r], all in L1 */
     T t[FX_SHORT_R], cnt[FX_SHORT_R];
     int nan[FX_SHORT_R];
+#if FX_F32
+    fx_short_transpose_f32(x, rs, R, C, tr, FX_SHORT_R);
+#else
     for (ptrdiff_t r = 0; r < R; r++)
         for (ptrdiff_t c = 0; c < C; c++) tr[c * FX_SHORT_R + r] = x[r * rs + c];
+#endif
     FX_SIMD
     for (ptrdiff_t r = 0; r < R; r++) {
         T v = tr[r];

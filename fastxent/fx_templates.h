@@ -10,6 +10,7 @@
 #include "fx_score.h"
 
 #undef FX_T
+#undef FX_F32
 #undef FX_S
 #undef FX_DT
 #undef FX_EXP
