@@ -101,26 +101,27 @@ FX_S(seg_stats_impl)(const T *x, ptrdiff_t n, T *m_out, double *t_out, T *e, T *
             FX_SIMD
             for (j = 0; j < FX_LANES; j++) { acc[j] += (double)fa[j]; cnt[j] += (double)fc[j]; }
         }
-        for (; i + FX_LANES <= len; i += FX_LANES) {
-            FX_SIMD
-            for (j = 0; j < FX_LANES; j++) {
-                T d = xb[i + j] - mn;
-                T ev = FX_EXP(d);
-                if (store) eb[i + j] = ev;
-                acc[j] += (double)(d == 0 ? (T)0 : ev);
-                cnt[j] += (double)(d == 0 ? (T)1 : (T)0);
-            }
-        }
-        if (i < len) {      /* the tail: a missing lane is -inf, whose exp adds exactly 0 */
+        if (i < len) {
+            /* the last, partial chunk: lanes past the row read -inf, whose exp adds exactly 0 */
             ptrdiff_t rem = len - i;
+            int uu = (int)((rem + FX_LANES - 1) / FX_LANES);
+            T fa[FX_LANES], fc[FX_LANES];
             FX_SIMD
             for (j = 0; j < FX_LANES; j++) {
-                T d = (j < rem ? xb[i + j] : -(T)INFINITY) - mn;
-                T ev = FX_EXP(d);
-                if (store && j < rem) eb[i + j] = ev;
-                acc[j] += (double)(d == 0 ? (T)0 : ev);
-                cnt[j] += (double)(d == 0 ? (T)1 : (T)0);
+                T a_ = 0, c_ = 0;
+                for (int u = 0; u < uu; u++) {
+                    ptrdiff_t k = u * FX_LANES + j;
+                    T d = (k < rem ? xb[i + k] : -(T)INFINITY) - mn;
+                    T ev = FX_EXP(d);
+                    if (store && k < rem) eb[i + k] = ev;
+                    a_ += d == 0 ? (T)0 : ev;
+                    c_ += d == 0 ? (T)1 : (T)0;
+                }
+                fa[j] = a_;
+                fc[j] = c_;
             }
+            FX_SIMD
+            for (j = 0; j < FX_LANES; j++) { acc[j] += (double)fa[j]; cnt[j] += (double)fc[j]; }
         }
         for (w = FX_LANES / 2; w > 0; w /= 2)
             for (j = 0; j < w; j++) { acc[j] += acc[j + w]; cnt[j] += cnt[j + w]; }
