@@ -305,7 +305,7 @@ def _run(inputs, x, y, w, opts, offsets, out, per_class, client, timeout, paths)
     N = inputs.rows
     client = _active_client(client)
     if ctx.kind == "auto":          # from the rows of a local first chunk, then every block
-        k = min(N, opts.chunk_rows or engine.CHUNK_BYTES // max(1, inputs.width * cdtype.itemsize))
+        k = min(N, engine.detect_rows(inputs.width, cdtype, opts.chunk_rows))
         first = []
         if k:
             _compute(x[:max(k, 1)].rechunk({0: -1}).to_delayed().ravel(), client, timeout,

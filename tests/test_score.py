@@ -173,8 +173,10 @@ def test_threads_do_not_change_results(tmp_path):
 
 
 def test_inputs_are_read_in_chunks_into_two_reused_buffers(tmp_path, monkeypatch):
+    # a file that must be converted (big-endian floats) is read into two reused buffers
     x, y = make_data(n=1000, c=9)
-    lg, lb = save(tmp_path, x, y)
+    np.save(tmp_path / "be.npy", x.astype(">f4"))
+    np.save(tmp_path / "y.npy", y)
     seen = []
     real = score.NpyReader.read
 
@@ -184,9 +186,35 @@ def test_inputs_are_read_in_chunks_into_two_reused_buffers(tmp_path, monkeypatch
         return real(self, start, stop, out, width)
 
     monkeypatch.setattr(score.NpyReader, "read", spy)
-    s = score.score_files(lg, lb, chunk_rows=128)
+    s = score.score_files(tmp_path / "be.npy", tmp_path / "y.npy", chunk_rows=128)
     assert [n for n, _ in seen] == [128] * 7 + [104]
     assert len({addr for _, addr in seen}) == 2         # double buffering, no new allocations
+    assert s.mean_nll == expected(x, y)[1]
+
+
+def test_native_inputs_are_scored_from_released_memory_map_windows(tmp_path, monkeypatch):
+    # scores stored as they are computed are not copied: each chunk is a window of a memory
+    # map, unmapped once scored (the resident set holds at most two windows)
+    from fastxent.score import _npy
+    x, y = make_data(n=1000, c=9)
+    lg, lb = save(tmp_path, x, y)
+    windows, released = [], []
+    real_window, real_release = _npy.NpyReader.window, _npy.Window.release
+
+    def window(self, start, stop, width, dtype):
+        w = real_window(self, start, stop, width, dtype)
+        windows.append((stop - start, w is not None))
+        return w
+
+    def release(self):
+        released.append(True)
+        return real_release(self)
+
+    monkeypatch.setattr(_npy.NpyReader, "window", window)
+    monkeypatch.setattr(_npy.Window, "release", release)
+    s = score.score_files(lg, lb, chunk_rows=128)
+    assert windows == [(128, True)] * 7 + [(104, True)]
+    assert len(released) == len(windows)
     assert s.mean_nll == expected(x, y)[1]
 
 

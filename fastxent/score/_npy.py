@@ -8,6 +8,7 @@ A raw 2-byte ``V2`` dtype (how NumPy saves ml_dtypes' bfloat16) is read as bfloa
 """
 import ast
 import math
+import mmap
 import os
 import struct
 import threading
@@ -173,6 +174,24 @@ class NpyReader(Reader):
         except Exception:  # noqa: BLE001 - interpreter shutdown
             pass
 
+    def window(self, start, stop, width, dtype):
+        """Rows ``[start, stop)`` (of ``width`` elements) as a read-only ndarray over a memory
+        map of the file -- no copy -- when the file holds them as C-contiguous native
+        ``dtype``; else None (read them into a buffer).  The pages are asked for ahead
+        (``madvise``) and touched here, so the caller computes from memory.  ``release()`` the
+        returned :class:`Window` after use: its pages then leave the process's resident set."""
+        if self.staging or self.fortran or self.dtype != dtype or stop <= start or not width:
+            return None
+        it = self.dtype.itemsize
+        begin, end = self.data + start * width * it, self.data + stop * width * it
+        page = mmap.ALLOCATIONGRANULARITY
+        base = begin - begin % page
+        try:
+            mm = mmap.mmap(self._file(), end - base, access=mmap.ACCESS_READ, offset=base)
+        except (OSError, ValueError):
+            return None
+        return Window(mm, begin - base, (stop - start, width), dtype)
+
     def _pread(self, buf, offset):
         view = memoryview(buf.reshape(-1).view(np.uint8))     # buf: a contiguous array
         fd, done = self._file(), 0
@@ -309,3 +328,29 @@ class NpzReader(Reader):
         if len(buf) != nbytes:
             raise ScoreError(f"{self.label}: truncated .npy data in the .npz archive")
         return buf
+
+
+_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)   # Linux >= 5.14
+
+
+class Window:
+    """A memory-mapped run of rows (see :meth:`NpyReader.window`)."""
+
+    def __init__(self, mm, offset, shape, dtype):
+        self._mm = mm
+        try:                                # fault the pages in now (the reader thread)
+            mm.madvise(_POPULATE_READ)
+        except (OSError, ValueError, AttributeError):
+            try:
+                mm.madvise(mmap.MADV_WILLNEED)
+            except (OSError, ValueError, AttributeError):
+                pass
+        self.array = np.frombuffer(mm, dtype, count=shape[0] * shape[1], offset=offset).reshape(shape)
+
+    def release(self):
+        """Unmap the pages (once nothing refers to ``array`` any more)."""
+        self.array = None
+        try:
+            self._mm.close()
+        except BufferError:     # still referenced: unmapped when the last reference goes
+            pass

@@ -25,9 +25,16 @@ from ._rows import row_scores, working_bytes
 from .summary import Totals
 
 __all__ = ["Context", "Run", "score_chunk", "detect_kind", "run_local", "plan_rows",
-           "compute_dtype", "CHUNK_BYTES"]
+           "compute_dtype", "CHUNK_BYTES", "DETECT_BYTES", "detect_rows"]
 
-CHUNK_BYTES = 8 << 20          # scores per chunk when memory allows (two buffers stay in cache)
+CHUNK_BYTES = 32 << 20         # scores per chunk when memory allows (fewer, larger chunks: the
+                               # per-chunk bookkeeping of the exact sums is amortised)
+DETECT_BYTES = 8 << 20         # input="auto" decides from the first rows holding this many bytes
+
+
+def detect_rows(width, cdtype, chunk_rows=None):
+    """How many first rows ``input="auto"`` looks at (the same locally and with Dask)."""
+    return chunk_rows or max(1, DETECT_BYTES // max(1, width * cdtype.itemsize))
 SLACK = 4 << 20                # interpreter objects, thread stacks, small temporaries
 _ROW_EXTRA = 160               # bytes per row: labels, weights, row statistics, summary masks
 
@@ -300,10 +307,19 @@ def _fixed_bytes(inputs, opts, offsets, per_class):
 
 
 class _Buffers:
+    """One chunk's rows: the scores (in a reused buffer, or a memory-mapped window of the file
+    when it holds them as they are scored), labels and weights."""
+
     def __init__(self, rows, width, cdtype, weighted):
         self.x = np.empty((rows, width), cdtype)
         self.y = np.empty(rows, np.int64)
         self.w = np.empty(rows) if weighted else None
+        self.window = None
+
+    def release(self):
+        if self.window is not None:
+            self.window.release()
+            self.window = None
 
 
 def _read(reader, what, start, stop, out, width):
@@ -327,7 +343,13 @@ def _read_chunk(inputs, ctx, ends, start, stop, buf):
     """Rows [start, stop) of logits, labels (shifted: one ahead) and weights into ``buf``."""
     n = stop - start
     x, y = buf.x[:n], buf.y[:n]
-    _read(inputs.logits, "logits", start, stop, x, inputs.width)
+    buf.release()
+    view = getattr(inputs.logits, "window", None)
+    win = None if view is None or ctx.binary else view(start, stop, inputs.width, buf.x.dtype)
+    if win is not None:         # no copy: scored straight from the page cache
+        buf.window, x = win, win.array
+    else:
+        _read(inputs.logits, "logits", start, stop, x, inputs.width)
     if ctx.shift:
         last = min(stop + 1, inputs.rows)
         _read(inputs.labels, "labels", start + 1, last, y[:last - start - 1], 1)
@@ -359,14 +381,16 @@ def run_local(inputs, opts, ctx, offsets=None, out=None, per_class=None, entry_r
         first = None
         if ctx.kind == "auto":          # from the first chunk, then checked in every chunk
             first = _read_chunk(inputs, ctx, ends, *spans[0], bufs[0]) if spans else None
-            ctx.kind = "logits" if first is None else detect_kind(first[0], inputs.binary)
-            ctx.detected, ctx.first_rows = ctx.kind == "probs", spans[0][1] if spans else 0
+            k = min(detect_rows(inputs.width, cdtype, opts.chunk_rows), spans[0][1] if spans else 0)
+            ctx.kind = "logits" if first is None else detect_kind(first[0][:k], inputs.binary)
+            ctx.detected, ctx.first_rows = ctx.kind == "probs", k
         if ctx.eps is None:
             ctx.eps = float(np.finfo(cdtype).eps)
         ctx.keep_losses = out is not None
 
         def work(add):
-            chunk = first
+            nonlocal first
+            chunk, first = first, None      # no reference left once scored: its window unmaps
             with ThreadPoolExecutor(1, thread_name_prefix="fastxent-read") as pool:
                 pending = None
                 for k, (a, b) in enumerate(spans):
@@ -385,7 +409,11 @@ def run_local(inputs, opts, ctx, offsets=None, out=None, per_class=None, entry_r
                         raise
                     chunk = None
 
-        return Run(inputs, opts, ctx, offsets, out, per_class).execute(work)
+        try:
+            return Run(inputs, opts, ctx, offsets, out, per_class).execute(work)
+        finally:
+            for b in bufs:
+                b.release()
     finally:
         inputs.close()
 
