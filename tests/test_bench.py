@@ -273,7 +273,8 @@ def test_pytest_benchmark_suite_reads_back(tmp_path):
            "--xent-impls=fastxent,reference", "-k", "64x512", "--benchmark-only",
            "--benchmark-max-time=0.0001", "--benchmark-min-rounds=1",
            "--benchmark-warmup=off", f"--benchmark-json={path}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=root)
+    # run outside the repository so that the child imports the installed fastxent, not the source tree
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     back = saved.load_results(path)
     cases = [c for c in grid.grid("smoke") if (c.n, c.c) == (64, 512)]

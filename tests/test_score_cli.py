@@ -163,7 +163,7 @@ def test_stop_signals_leave_no_file(tmp_path, name):
     before = snapshot(tmp_path)
     r = subprocess.run([sys.executable, "-c", _STOPPER, name, "score", p["x"], p["y"], "--out",
                         str(out), "--chunk-rows", "50", "--per-class", str(tmp_path / "c.csv")],
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=120, cwd=tmp_path)  # the installed package
     signum = getattr(signal, name)
     assert r.returncode == (130 if name == "SIGINT" else 128 + signum), r.stderr
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
@@ -197,7 +197,7 @@ def test_peak_memory_stays_under_the_limit(tmp_path):
         r = subprocess.run([sys.executable, "-c", _RSS, sys.executable, "-m", "fastxent", "score",
                             str(d / "x.npy"), str(d / "y.npy"), "--out", str(d / "o.npy"),
                             "--memory-limit", "60MB", "--quiet"],
-                           capture_output=True, text=True, timeout=300)
+                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
         rc, peak = map(int, r.stdout.split())
         assert rc == 0, r.stderr
         assert peak <= limit, f"peak resident memory {peak / 1e6:.1f} MB > 60 MB"
