@@ -300,7 +300,7 @@ def _add_score(sub):
                         "installed)")
     g = p.add_argument_group("how it runs")
     g.add_argument("--chunk-rows", metavar="K", type=_positive_int,
-                   help="rows per chunk (default: about 8 MiB of scores, within --memory-limit)")
+                   help="rows per chunk (default: about 32 MiB of scores, within --memory-limit)")
     g.add_argument("--threads", metavar="T", type=_positive_int,
                    help="threads over the rows of a chunk (default: OMP_NUM_THREADS or all cores)")
     g.add_argument("--memory-limit", metavar="SIZE", default="300MB",

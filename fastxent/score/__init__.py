@@ -61,7 +61,7 @@ _DOC_OPTIONS = """
     out: .npy path for the per-row NLL (shape of the labels; float64 for float64 scores, else
         float32), or per-sequence sums (float64), written atomically, chunk by chunk.
     per_class: .csv path for a per-class table (class, count, mean_nll, accuracy).
-    chunk_rows: rows per chunk (default: about 8 MiB of scores, within memory_limit).
+    chunk_rows: rows per chunk (default: about 32 MiB of scores, within memory_limit).
     num_threads: threads over the rows of a chunk (default: the OpenMP default).
     memory_limit: the most memory the call adds (bytes or "300MB"; default 300 MB).
     progress: a tqdm progress bar on stderr.

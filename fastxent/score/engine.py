@@ -3,7 +3,9 @@
 Layer: the top of ``fastxent.score`` (``score_files``/``score_arrays`` and ``fastxent.dask`` call
 it).  The local run reads chunks of rows into two reused buffers: while the main thread scores
 chunk k (``row_scores`` spreads its rows over threads, and the kernels release the GIL), a
-reader thread fills the other buffer with chunk k + 1.  The chunk size comes from the memory
+reader thread fills the other buffer with chunk k + 1.  Scores of a native-endian .npy are not
+copied: the reader thread maps the rows of chunk k + 1 (a window whose pages it populates
+ahead) and the window is unmapped once chunk k + 1 is scored.  The chunk size comes from the memory
 limit, so the resident memory of a run stays bounded whatever the input size: two chunk
 buffers, one read copy where a format needs one, the per-row statistics of a chunk, the
 ``row_scores`` temporaries and the per-sequence and per-class tables; ``--out`` is written to
