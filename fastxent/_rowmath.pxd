@@ -102,11 +102,14 @@ cdef extern from "_rowmath.h" nogil:
         const char *t
         Py_ssize_t ts, C, ignore_index
         int kind
+        Py_ssize_t rank_cap
         double lo
         double *loss
         double *conf
         double *brier
         int64_t *rank
+    Py_ssize_t fx_exact_add(const void *x, int f32, Py_ssize_t n, const int64_t *idx,
+                            int64_t *acc, Py_ssize_t n_groups) nogil
     Py_ssize_t fx_score_rows_f32(const fx_score_args *A, Py_ssize_t lo, Py_ssize_t hi)
     Py_ssize_t fx_score_rows_f64(const fx_score_args *A, Py_ssize_t lo, Py_ssize_t hi)
 

@@ -37,7 +37,7 @@ from fastxent._rowmath cimport (
     fx_xent_split_merge_f64, fx_xent_split_gap_f32, fx_xent_split_gap_f64,
     fx_xent_split_formula_f32, fx_xent_split_formula_f64, fx_xent_split_grad_f32,
     fx_xent_split_grad_f64, fx_fill_f32, fx_fill_f64, fx_lse_rows_f32, fx_lse_rows_f64,
-    fx_score_args, fx_score_rows_f32, fx_score_rows_f64, FX_SEG, FX_BLOCK, FX_DT_F32, FX_DT_F64,
+    fx_score_args, fx_score_rows_f32, fx_score_rows_f64, fx_exact_add, FX_SEG, FX_BLOCK, FX_DT_F32, FX_DT_F64,
     FX_INPUT_LOGITS, FX_INPUT_LOGPROBS, FX_SCORE_LOGITS, FX_SCORE_LOGPROBS, FX_SCORE_PROBS)
 
 cnp.import_array()
@@ -447,12 +447,13 @@ SCORE_PROBS = FX_SCORE_PROBS
 
 
 def score_rows(x, labels, int kind, Py_ssize_t ignore_index, double lo, loss_out, rank_out,
-               conf_out, brier_out, Py_ssize_t rows_per_block, int n_threads):
+               conf_out, brier_out, Py_ssize_t rows_per_block, int n_threads,
+               Py_ssize_t rank_cap):
     """Scoring statistics of every row of the 2-D float32/float64 array ``x`` (see fx_score.h):
     ``kind`` SCORE_LOGITS / SCORE_LOGPROBS / SCORE_PROBS (``lo``: the probabilities' lower clip);
     labels: int64 (N,); loss_out / conf_out / brier_out: contiguous float64 (N,); rank_out:
-    contiguous int64 (N,).  Returns the first row whose label is out of [0, C) and not
-    ``ignore_index``, or -1."""
+    contiguous int64 (N,); ranks >= ``rank_cap`` (>= 1) are written as ``rank_cap``.  Returns
+    the first row whose label is out of [0, C) and not ``ignore_index``, or -1."""
     cdef fx_score_args A
     A.x = view_of(x)
     A.t = data_of(labels)
@@ -461,6 +462,7 @@ def score_rows(x, labels, int kind, Py_ssize_t ignore_index, double lo, loss_out
     A.ignore_index = ignore_index
     A.kind = kind
     A.lo = lo
+    A.rank_cap = max(1, rank_cap)
     A.loss = <double *>data_of(loss_out)
     A.conf = <double *>data_of(conf_out)
     A.brier = <double *>data_of(brier_out)
@@ -497,3 +499,20 @@ def score_rows(x, labels, int kind, Py_ssize_t ignore_index, double lo, loss_out
     if nomem:
         raise MemoryError()
     return bad
+
+
+def exact_add(x, index, acc):
+    """Add the finite float32/float64 values of the contiguous 1-D ``x`` into the exact-sum
+    accumulator ``acc`` (C-contiguous int64, shape (groups, 2048, 2); see fx_exact_add in
+    fx_score.h), value i into group ``index[i]`` (contiguous int64; None: group 0).  Raises
+    ValueError for a group outside [0, groups)."""
+    cdef Py_ssize_t n = cnp.PyArray_DIM(<cnp.ndarray>x, 0), bad
+    cdef Py_ssize_t groups = cnp.PyArray_DIM(<cnp.ndarray>acc, 0)
+    cdef void *xp = <void *>data_of(x)
+    cdef int64_t *ip = NULL if index is None else <int64_t *>data_of(index)
+    cdef int64_t *ap = <int64_t *>data_of(acc)
+    cdef int f32 = cnp.PyArray_ITEMSIZE(<cnp.ndarray>x) == 4
+    with nogil:
+        bad = fx_exact_add(xp, f32, n, ip, ap, groups)
+    if bad >= 0:
+        raise ValueError(f"index: group {index[bad]} at {bad} is outside [0, {groups})")

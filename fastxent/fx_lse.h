@@ -11,8 +11,11 @@
  *   seg_stats     one read of a row of at most FX_SEG elements, in blocks of FX_BLOCK (the block
  *                 max first, the block then still in L1 for the exp pass; when a block raises the
  *                 running max the sum is rescaled once); optionally stores e = exp(x - m_b) and
- *                 the running max m_b of each block, so a gradient needs no second exp.
- *   row_stats     rows of any length: FX_SEG segments merged in segment order (stats_merge).
+ *                 the running max m_b of each block, so a gradient needs no second exp;
+ *                 optionally (the scoring statistics, fx_score.h) also q = sum(exp(x - m)^2)
+ *                 - 1 from the same exps, in the "minus the maximum's own 1" form of t.
+ *   row_stats     rows of any length: FX_SEG segments merged in segment order (stats_merge);
+ *                 row_stats_sq the same with q.
  *   short_stats   FX_SHORT_R rows of at most FX_SHORT_C classes, vectorised across rows.
  * A row whose log-sum-exp is not finite is reported (return value 1): a NaN in the row
  * (t = NaN), a +inf and no NaN (m = t = +inf), every element -inf or n == 0 (m = -inf).
@@ -22,19 +25,20 @@
 /* ------------------------------------------------------------------ blocked statistics */
 static inline __attribute__((always_inline)) int
 FX_S(seg_stats_impl)(const T *x, ptrdiff_t n, T *m_out, double *t_out, T *e, T *bm,
-                     const int store)
+                     const int store, double *q_out, const int sq)
 {
     T m = -(T)INFINITY;
-    double t = 0.0;
+    double t = 0.0, q = 0.0;
     int nan_seen = 0;
+    if (sq) *q_out = 0.0;
     for (ptrdiff_t b = 0; b < n; b += FX_BLOCK) {
         const T *xb = x + b;
         T *eb = store ? e + b : NULL;
         ptrdiff_t len = n - b < FX_BLOCK ? n - b : FX_BLOCK, i, j, w;
         T mx[FX_LANES];
-        double acc[FX_LANES], cnt[FX_LANES];
+        double acc[FX_LANES], cnt[FX_LANES], acq[FX_LANES];
         for (j = 0; j < FX_LANES; j++) {
-            mx[j] = -(T)INFINITY; acc[j] = 0.0; cnt[j] = 0.0;
+            mx[j] = -(T)INFINITY; acc[j] = 0.0; cnt[j] = 0.0; acq[j] = 0.0;
         }
         /* the block's max, FX_LANES partial results; a NaN is skipped here (comparisons with it
          * are false) and caught by the sum it turns into NaN */
@@ -80,57 +84,75 @@ FX_S(seg_stats_impl)(const T *x, ptrdiff_t n, T *m_out, double *t_out, T *e, T *
          * are summed in T per lane (FX_CHUNK / FX_LANES terms each, a few ulp), then added
          * into the double accumulators. */
         for (i = 0; i + FX_CHUNK <= len; i += FX_CHUNK) {
-            T fa[FX_LANES], fc[FX_LANES];
+            T fa[FX_LANES], fc[FX_LANES], fq[FX_LANES];
             /* fetch the next block from memory while this one is computed */
             if (b + FX_BLOCK + i + FX_CHUNK <= n)
                 for (ptrdiff_t q = 0; q < FX_CHUNK; q += 64 / (ptrdiff_t)sizeof(T))
                     FX_PREFETCH(xb + FX_BLOCK + i + q);
             FX_SIMD
             for (j = 0; j < FX_LANES; j++) {
-                T a_ = 0, c_ = 0;
+                T a_ = 0, c_ = 0, q_ = 0;
                 for (int u = 0; u < FX_CHUNK / FX_LANES; u++) {
                     T d = xb[i + u * FX_LANES + j] - mn;
-                    T ev = FX_EXP(d);
+                    T ev = FX_EXP(d), ea = d == 0 ? (T)0 : ev;
                     if (store) eb[i + u * FX_LANES + j] = ev;
-                    a_ += d == 0 ? (T)0 : ev;
+                    a_ += ea;
                     c_ += d == 0 ? (T)1 : (T)0;
+                    if (sq) q_ += ea * ea;
                 }
                 fa[j] = a_;
                 fc[j] = c_;
+                fq[j] = q_;
             }
             FX_SIMD
-            for (j = 0; j < FX_LANES; j++) { acc[j] += (double)fa[j]; cnt[j] += (double)fc[j]; }
+            for (j = 0; j < FX_LANES; j++) {
+                acc[j] += (double)fa[j]; cnt[j] += (double)fc[j];
+                if (sq) acq[j] += (double)fq[j];
+            }
         }
         if (i < len) {
             /* the last, partial chunk: lanes past the row read -inf, whose exp adds exactly 0 */
             ptrdiff_t rem = len - i;
             int uu = (int)((rem + FX_LANES - 1) / FX_LANES);
-            T fa[FX_LANES], fc[FX_LANES];
+            T fa[FX_LANES], fc[FX_LANES], fq[FX_LANES];
             FX_SIMD
             for (j = 0; j < FX_LANES; j++) {
-                T a_ = 0, c_ = 0;
+                T a_ = 0, c_ = 0, q_ = 0;
                 for (int u = 0; u < uu; u++) {
                     ptrdiff_t k = u * FX_LANES + j;
                     T d = (k < rem ? xb[i + k] : -(T)INFINITY) - mn;
-                    T ev = FX_EXP(d);
+                    T ev = FX_EXP(d), ea = d == 0 ? (T)0 : ev;
                     if (store && k < rem) eb[i + k] = ev;
-                    a_ += d == 0 ? (T)0 : ev;
+                    a_ += ea;
                     c_ += d == 0 ? (T)1 : (T)0;
+                    if (sq) q_ += ea * ea;
                 }
                 fa[j] = a_;
                 fc[j] = c_;
+                fq[j] = q_;
             }
             FX_SIMD
-            for (j = 0; j < FX_LANES; j++) { acc[j] += (double)fa[j]; cnt[j] += (double)fc[j]; }
+            for (j = 0; j < FX_LANES; j++) {
+                acc[j] += (double)fa[j]; cnt[j] += (double)fc[j];
+                if (sq) acq[j] += (double)fq[j];
+            }
         }
         for (w = FX_LANES / 2; w > 0; w /= 2)
-            for (j = 0; j < w; j++) { acc[j] += acc[j + w]; cnt[j] += cnt[j + w]; }
-        if (m == -(T)INFINITY)
+            for (j = 0; j < w; j++) {
+                acc[j] += acc[j + w]; cnt[j] += cnt[j + w];
+                if (sq) acq[j] += acq[j + w];
+            }
+        if (m == -(T)INFINITY) {
             t = (cnt[0] - 1.0) + acc[0];
-        else if (mn > m)
-            t = (1.0 + t) * exp((double)m - (double)mn) + (cnt[0] - 1.0) + acc[0];
-        else
+            if (sq) q = (cnt[0] - 1.0) + acq[0];
+        } else if (mn > m) {
+            double f = exp((double)m - (double)mn);
+            t = (1.0 + t) * f + (cnt[0] - 1.0) + acc[0];
+            if (sq) q = (1.0 + q) * (f * f) + (cnt[0] - 1.0) + acq[0];
+        } else {
             t += cnt[0] + acc[0];
+            if (sq) q += cnt[0] + acq[0];
+        }
         m = mn;
     }
     if (nan_seen || t != t) {
@@ -140,6 +162,7 @@ FX_S(seg_stats_impl)(const T *x, ptrdiff_t n, T *m_out, double *t_out, T *e, T *
     }
     *m_out = m;
     *t_out = t;
+    if (sq) *q_out = q;
     return m == -(T)INFINITY;
 }
 
@@ -148,8 +171,8 @@ FX_S(seg_stats_impl)(const T *x, ptrdiff_t n, T *m_out, double *t_out, T *e, T *
 static inline int FX_S(seg_stats)(const T *x, ptrdiff_t n, T *m_out, double *t_out, T *e, T *bm)
 {
     if (e != NULL)
-        return FX_S(seg_stats_impl)(x, n, m_out, t_out, e, bm, 1);
-    return FX_S(seg_stats_impl)(x, n, m_out, t_out, NULL, NULL, 0);
+        return FX_S(seg_stats_impl)(x, n, m_out, t_out, e, bm, 1, NULL, 0);
+    return FX_S(seg_stats_impl)(x, n, m_out, t_out, NULL, NULL, 0, NULL, 0);
 }
 
 /* Fold a segment's (mk, tk) into the running (m, t), in segment order; a NaN tk poisons t. */
@@ -188,6 +211,37 @@ static inline int FX_S(row_stats)(const T *x, ptrdiff_t n, T *m_out, double *t_o
     }
     *m_out = m;
     *t_out = t;
+    return FX_S(stats_bad)(m, t);
+}
+
+/* row_stats with q = sum(exp(x - m)^2) - 1 (no stored exps): the sum of the squared softmax
+ * is (1 + q) / (1 + t)^2.  Segments are merged as stats_merge merges t (q with the squared
+ * factor); q is meaningful only when the row's statistics are (return value 0). */
+static inline int FX_S(row_stats_sq)(const T *x, ptrdiff_t n, T *m_out, double *t_out,
+                                     double *q_out)
+{
+    T m = -(T)INFINITY, mk;
+    double t = 0.0, q = 0.0, tk, qk = 0.0;
+    for (ptrdiff_t b = 0; b < n; b += FX_SEG) {
+        FX_S(seg_stats_impl)(x + b, n - b < FX_SEG ? n - b : FX_SEG, &mk, &tk, NULL, NULL, 0,
+                             &qk, 1);
+        if (b == 0 || m == -(T)INFINITY) {
+            q = qk;
+        } else if (mk != -(T)INFINITY) {
+            if (mk > m) {
+                double f = exp((double)m - (double)mk);
+                q = (1.0 + q) * (f * f) + qk;
+            } else {
+                double f = exp((double)mk - (double)m);
+                q += (1.0 + qk) * (f * f);
+            }
+        }
+        FX_S(stats_merge)(&m, &t, mk, tk);
+        if (t != t) break;
+    }
+    *m_out = m;
+    *t_out = t;
+    *q_out = q;
     return FX_S(stats_bad)(m, t);
 }
 
@@ -240,9 +294,14 @@ static inline void FX_S(row_soft)(const T *x, const T *p, ptrdiff_t n, T m, cons
 /* ------------------------------------------------------------------ short rows
  * R rows of C <= FX_SHORT_C contiguous classes at row stride rs (elements), vectorised across
  * rows: m[r] = max, ls[r] = log(sum(exp(x - m))) (as log1p of the sum without the maximum's own
- * 1; NaN for a NaN / +inf / all -inf row), is[r] = 1 / sum, xy[r] = x[r, y[r]]. */
-static inline void FX_S(short_stats)(const T *x, ptrdiff_t rs, ptrdiff_t R, ptrdiff_t C,
-                                     const ptrdiff_t *y, T *m, T *ls, T *is, T *xy)
+ * 1; NaN for a NaN / +inf / all -inf row), is[r] = 1 / sum, xy[r] = x[r, y[r]].  With sq
+ * (short_stats_score, the scoring statistics) also, over c != y[r], u[r] = sum of exp(x - m)
+ * (s u = 1 - p_y without cancellation) and q[r] = sum of exp(x - m)^2 in double (a float square
+ * is exact there: the result does not depend on the row's lane), and rank[r], the classes that
+ * beat y[r] (as fx_score.h's score_rank), from the same L1 tile. */
+static inline __attribute__((always_inline)) void
+FX_S(short_stats_impl)(const T *x, ptrdiff_t rs, ptrdiff_t R, ptrdiff_t C, const ptrdiff_t *y,
+                       T *m, T *ls, T *is, T *xy, T *u, double *q, int *rank, const int sq)
 {
     T tr[FX_SHORT_C * FX_SHORT_R];  /* the block transposed: tr[c][r], all in L1 */
     T t[FX_SHORT_R], cnt[FX_SHORT_R];
@@ -257,6 +316,7 @@ static inline void FX_S(short_stats)(const T *x, ptrdiff_t rs, ptrdiff_t R, ptrd
     for (ptrdiff_t r = 0; r < R; r++) {
         T v = tr[r];
         m[r] = v; nan[r] = v != v; t[r] = 0; cnt[r] = 0;
+        if (sq) { u[r] = 0; q[r] = 0.0; }
     }
     for (ptrdiff_t c = 1; c < C; c++) {
         const T *tc = tr + c * FX_SHORT_R;
@@ -275,10 +335,26 @@ static inline void FX_S(short_stats)(const T *x, ptrdiff_t rs, ptrdiff_t R, ptrd
             T e = FX_EXP(d);
             t[r] += d == 0 ? (T)0 : e;
             cnt[r] += d == 0 ? (T)1 : (T)0;
+            if (sq) {
+                u[r] += c == y[r] ? (T)0 : e;
+                q[r] += c == y[r] ? 0.0 : (double)e * (double)e;
+            }
         }
     }
     FX_SIMD
     for (ptrdiff_t r = 0; r < R; r++) xy[r] = tr[y[r] * FX_SHORT_R + r];
+    if (sq) {
+        FX_SIMD
+        for (ptrdiff_t r = 0; r < R; r++) rank[r] = 0;
+        for (ptrdiff_t c = 0; c < C; c++) {
+            const T *tc = tr + c * FX_SHORT_R;
+            FX_SIMD
+            for (ptrdiff_t r = 0; r < R; r++) {
+                T v = tc[r];
+                rank[r] += (v > xy[r]) | (v != v) | ((v == xy[r]) & (c < y[r]));
+            }
+        }
+    }
     FX_SIMD
     for (ptrdiff_t r = 0; r < R; r++) {
         int bad = nan[r] | (m[r] == (T)INFINITY) | (m[r] == -(T)INFINITY);
@@ -286,6 +362,19 @@ static inline void FX_S(short_stats)(const T *x, ptrdiff_t rs, ptrdiff_t R, ptrd
         ls[r] = bad ? (T)NAN : l;
         is[r] = (T)1 / (cnt[r] + t[r]);
     }
+}
+
+static inline void FX_S(short_stats)(const T *x, ptrdiff_t rs, ptrdiff_t R, ptrdiff_t C,
+                                     const ptrdiff_t *y, T *m, T *ls, T *is, T *xy)
+{
+    FX_S(short_stats_impl)(x, rs, R, C, y, m, ls, is, xy, NULL, NULL, NULL, 0);
+}
+
+static inline void FX_S(short_stats_score)(const T *x, ptrdiff_t rs, ptrdiff_t R, ptrdiff_t C,
+                                           const ptrdiff_t *y, T *m, T *ls, T *is, T *xy,
+                                           T *u, double *q, int *rank)
+{
+    FX_S(short_stats_impl)(x, rs, R, C, y, m, ls, is, xy, u, q, rank, 1);
 }
 
 /* ------------------------------------------------------------------ row writers

@@ -342,3 +342,16 @@ def test_memory_limit_sets_the_chunk_size(tmp_path):
     with pytest.raises(ScoreError, match="memory_limit: expected a size"):
         score.score_files(tmp_path / "x.npy", tmp_path / "y.npy", memory_limit="lots")
     inputs.close()
+
+
+@pytest.mark.parametrize("bins", [1, 2, 3, 7, 10, 15, 100, 1000, 4097])
+def test_calibration_bins_are_those_of_searchsorted(bins):
+    """The bin arithmetic equals the edge search of torchmetrics' binning at every edge, next
+    to it, and at the ends (NaN into the last bin)."""
+    from fastxent.score.summary import _bin_of
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    conf = np.concatenate([np.random.default_rng(bins).random(20000), edges,
+                           np.nextafter(edges, 2.0), np.nextafter(edges, -1.0),
+                           [0.0, -0.0, 1.0, 1.5, -0.5, np.inf, -np.inf, np.nan, 5e-324]])
+    want = np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, bins)
+    np.testing.assert_array_equal(_bin_of(conf, bins), want)

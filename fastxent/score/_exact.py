@@ -4,70 +4,80 @@ Every total of a scoring run (losses, weights, confidences, Brier terms, per cal
 an exact sum rounded once at the end, so a summary is bit-identical whatever the chunk size, the
 thread count or the number of Dask workers, and partial sums from anywhere merge exactly.
 
-Each finite float is ``mantissa * 2**p`` with an integer mantissa; ``add`` totals the mantissas
-per (group, exponent) with ``np.bincount`` (exact: fewer than 2**53 in each bucket) and keeps the
-totals as Python integers.  Non-finite values make a sum nan or +-inf as IEEE addition would.
+Each finite float is ``+-mantissa * 2**p`` with an integer mantissa (a float32 converts to
+float64 exactly).  The kernel ``exact_add`` (fastxent/fx_score.h) adds the mantissas into an
+int64 accumulator per (group, binary exponent), split into two parts below 2**27, so the totals
+stay exact for fewer than 2**35 values; accumulators of chunks merge by integer addition.  Before
+that limit, and whenever a sum is read or pickled, the accumulator is folded into Python
+integers (``buckets``: power of two p -> integer).  Non-finite values make a sum nan or +-inf as
+IEEE addition would.
 """
 import math
 
 import numpy as np
 
+from .. import _kernels
 from .._validation import div
 
 __all__ = ["ExactSum", "ExactSums"]
 
+_EXPONENTS = 2048               # float64 biased exponents
+_BIAS = 1075                    # value = mantissa * 2**(max(e, 1) - _BIAS)
+_LIMIT = 1 << 35                # values an accumulator takes before it is folded
 
-def _split(x):
-    """(finite values as float32 or float64, nan, +inf, -inf) of a flat float array."""
+
+def _finite(x):
+    """(the finite values of a flat array as float32/float64, its non-finite values)."""
     if x.dtype.kind != "f" or x.dtype.itemsize not in (4, 8):
         x = x.astype(np.float64)
+    x = np.ascontiguousarray(x)
     finite = np.isfinite(x)
     if finite.all():
-        return x, None
-    return x, finite
+        return x, None, finite
+    return x[finite], x[~finite], finite
 
 
-def _mantissas(v):
-    """(biased exponents, [(mantissa part, left shift), ...]) of non-negative finite floats."""
-    if v.dtype.itemsize == 4:
-        bits = np.ascontiguousarray(v).view(np.int32)
-        e = bits >> 23
-        m = bits & 0x7FFFFF
-        m[e != 0] |= 0x800000
-        return e, ((m, 0),)
-    bits = np.ascontiguousarray(v).view(np.int64)
-    e = bits >> 52
-    m = bits & ((1 << 52) - 1)
-    m[e != 0] |= 1 << 52
-    return e, ((m & ((1 << 26) - 1), 0), (m >> 26, 26))
-
-
-def _buckets(x, index, n):
-    """{(group, p): integer} totals of the finite values ``x`` (float32/64) in groups ``index``.
-
-    float32 = m * 2**(max(e, 1) - 150), m < 2**24, at most 2**28 values per bincount;
-    float64 = m * 2**(max(e, 1) - 1075), m < 2**53 split into 26 + 27 bits, 2**26 values:
-    either way every bucket total stays below 2**53, so the float64 bincount is exact.
-    """
-    f32 = x.dtype.itemsize == 4
-    step, nexp, bias = (1 << 28, 256, 150) if f32 else (1 << 26, 2048, 1075)
+def _fold(acc):
+    """{(group, p): integer} of an accumulator (groups, 2048, 2)."""
+    flat = acc.reshape(-1, 2)
     out = {}
-    for sign, sel in ((1, x >= 0), (-1, x < 0)):
-        if not sel.any():
-            continue
-        whole = bool(sel.all())
-        v = np.abs(x if whole else x[sel])       # abs: -0.0 has its sign bit set
-        g = index if whole or index is None else index[sel]
-        for i in range(0, v.size, step):
-            e, parts = _mantissas(v[i:i + step])
-            key = e if g is None else g[i:i + step] * nexp + e
-            for m, shift in parts:
-                totals = np.bincount(key, m, n * nexp)
-                for k in np.flatnonzero(totals).tolist():
-                    grp, ex = divmod(k, nexp)
-                    p = max(ex, 1) - bias
-                    out[grp, p] = out.get((grp, p), 0) + sign * (int(totals[k]) << shift)
+    for k in np.flatnonzero(flat.any(axis=1)).tolist():
+        g, e = divmod(k, _EXPONENTS)
+        lo, hi = flat[k].tolist()
+        out[g, max(e, 1) - _BIAS] = lo + (hi << 26)
     return out
+
+
+class _Pending:
+    """An int64 accumulator of ``groups`` exact sums and the number of values it holds."""
+
+    __slots__ = ("acc", "count")
+
+    def __init__(self, groups):
+        self.acc = np.zeros((groups, _EXPONENTS, 2), np.int64)
+        self.count = 0
+
+    def room(self, n):
+        return self.count + n < _LIMIT
+
+
+def _take(mine, theirs, groups, settle):
+    """``mine`` (a _Pending or None) with the accumulator ``theirs`` added."""
+    if theirs is None:
+        return mine
+    if mine is None or not mine.room(theirs.count):
+        settle()
+        mine = _Pending(groups)
+    mine.acc += theirs.acc
+    mine.count += theirs.count
+    return mine
+
+
+def _copy(s):
+    """A copy of an ExactSum or ExactSums (through its pickled state)."""
+    c = object.__new__(type(s))
+    c.__setstate__(s.__getstate__())
+    return c
 
 
 class ExactSum:
@@ -77,31 +87,56 @@ class ExactSum:
     where they were added (sums from Dask workers are combined with ``merge``).  Picklable.
     """
 
-    __slots__ = ("buckets", "nan", "pinf", "ninf")
+    __slots__ = ("_buckets", "nan", "pinf", "ninf", "_pending")
 
     def __init__(self, values=None):
-        self.buckets = {}   # power of two p -> integer total of the mantissas at scale 2**p
+        self._buckets = {}  # power of two p -> integer total of the mantissas at scale 2**p
         self.nan = self.pinf = self.ninf = False
+        self._pending = None
         if values is not None:
             self.add(values)
+
+    @property
+    def buckets(self):
+        self._settle()
+        return self._buckets
+
+    def _settle(self):
+        if self._pending is not None:
+            for (_, p), v in _fold(self._pending.acc).items():
+                self._buckets[p] = self._buckets.get(p, 0) + v
+            self._pending = None
+
+    def _note_special(self, special):
+        self.nan |= bool(np.isnan(special).any())
+        self.pinf |= bool((special == np.inf).any())
+        self.ninf |= bool((special == -np.inf).any())
 
     def __getstate__(self):
         return (self.buckets, self.nan, self.pinf, self.ninf)
 
     def __setstate__(self, state):
-        self.buckets, self.nan, self.pinf, self.ninf = state
+        self._buckets, self.nan, self.pinf, self.ninf = state
+        self._pending = None
 
     def add(self, values):
-        x = np.asarray(values).reshape(-1)
+        x, special, _ = _finite(np.asarray(values).reshape(-1))
+        if special is not None:
+            self._note_special(special)
         if x.size:
-            sums = ExactSums(1)
-            sums.add(x, None)
-            self.merge(sums[0])
+            if self._pending is None or not self._pending.room(x.size):
+                self._settle()
+                self._pending = _Pending(1)
+            _kernels.xent.exact_add(x, None, self._pending.acc)
+            self._pending.count += x.size
         return self
 
     def merge(self, other):
-        for p, v in other.buckets.items():
-            self.buckets[p] = self.buckets.get(p, 0) + v
+        if other is self:
+            other = _copy(self)
+        self._pending = _take(self._pending, other._pending, 1, self._settle)
+        for p, v in other._buckets.items():
+            self._buckets[p] = self._buckets.get(p, 0) + v
         self.nan |= other.nan
         self.pinf |= other.pinf
         self.ninf |= other.ninf
@@ -118,10 +153,11 @@ class ExactSum:
 
     def _exact(self):
         """(integer n, power p) with the sum == n * 2**p."""
-        if not self.buckets:
+        buckets = self.buckets
+        if not buckets:
             return 0, 0
-        pmin = min(self.buckets)
-        return sum(v << (p - pmin) for p, v in self.buckets.items()), pmin
+        pmin = min(buckets)
+        return sum(v << (p - pmin) for p, v in buckets.items()), pmin
 
     def __float__(self):
         return self.ratio(1)
@@ -156,47 +192,59 @@ class ExactSums:
     """``n`` exact sums side by side: ``add(values, index)`` adds ``values[i]`` to sum
     ``index[i]`` (all to sum 0 when ``index`` is None).  ``s[g]`` is the ExactSum of group g."""
 
-    __slots__ = ("sums",)
+    __slots__ = ("_sums", "_pending")
 
     def __init__(self, n):
-        self.sums = [ExactSum() for _ in range(n)]
+        self._sums = [ExactSum() for _ in range(n)]
+        self._pending = None
+
+    @property
+    def sums(self):
+        self._settle()
+        return self._sums
+
+    def _settle(self):
+        if self._pending is not None:
+            for (g, p), v in _fold(self._pending.acc).items():
+                b = self._sums[g]._buckets
+                b[p] = b.get(p, 0) + v
+            self._pending = None
 
     def __getstate__(self):
         return self.sums
 
     def __setstate__(self, state):
-        self.sums = state
+        self._sums = state
+        self._pending = None
 
     def __len__(self):
-        return len(self.sums)
+        return len(self._sums)
 
     def __getitem__(self, g):
         return self.sums[g]
 
     def add(self, values, index=None):
-        x = np.asarray(values).reshape(-1)
-        if not x.size:
-            return self
-        n = len(self.sums)
-        idx = None if index is None else np.asarray(index, np.int64).reshape(-1)
-        x, finite = _split(x)
-        if finite is not None:
-            for g in (range(1) if idx is None else np.unique(idx[~finite]).tolist()):
-                bad = ~finite if idx is None else (~finite & (idx == g))
-                special = x[bad]
-                s = self.sums[g]
-                s.nan |= bool(np.isnan(special).any())
-                s.pinf |= bool((special == np.inf).any())
-                s.ninf |= bool((special == -np.inf).any())
-            x = x[finite]
+        n = len(self._sums)
+        idx = None if index is None else np.ascontiguousarray(index, np.int64).reshape(-1)
+        x, special, finite = _finite(np.asarray(values).reshape(-1))
+        if special is not None:
+            bad_idx = np.zeros(special.size, np.int64) if idx is None else idx[~finite]
+            for g in np.unique(bad_idx).tolist():
+                self._sums[g]._note_special(special[bad_idx == g])
             idx = None if idx is None else idx[finite]
-        for (g, p), v in _buckets(x, idx, n if idx is not None else 1).items():
-            b = self.sums[g].buckets
-            b[p] = b.get(p, 0) + v
+        if x.size:
+            if self._pending is None or not self._pending.room(x.size):
+                self._settle()
+                self._pending = _Pending(n)
+            _kernels.xent.exact_add(x, idx, self._pending.acc)
+            self._pending.count += x.size
         return self
 
     def merge(self, other):
-        for a, b in zip(self.sums, other.sums):
+        if other is self:
+            other = _copy(self)
+        self._pending = _take(self._pending, other._pending, len(self._sums), self._settle)
+        for a, b in zip(self._sums, other._sums):    # their folded parts and flags
             a.merge(b)
         return self
 

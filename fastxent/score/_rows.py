@@ -18,19 +18,21 @@ _KIND_CODE = {"logits": "SCORE_LOGITS", "log-probs": "SCORE_LOGPROBS", "probs": 
 
 
 def working_bytes(n_classes, n_threads):
-    """Upper bound of the temporary memory ``row_scores`` allocates (beyond its outputs): one
-    row of exps and block maxima per thread."""
-    return n_threads * 2 * 8 * max(1, n_classes)
+    """Upper bound of the temporary memory ``row_scores`` allocates (beyond its outputs): a
+    copy of a strided row per thread."""
+    return n_threads * 8 * max(1, n_classes)
 
 
-def row_scores(x, labels, kind, ignore_index, eps, n_threads):
+def row_scores(x, labels, kind, ignore_index, eps, n_threads, rank_cap=None):
     """Per-row statistics of a chunk: ``(loss, rank, conf, brier, bad_row)``, from one read of
     each row by the kernel ``fastxent._xent.score_rows`` (see fastxent/fx_score.h), threads over
     the rows.
 
     x: 2-D (rows, C) C-contiguous float32/float64; labels: int64 (rows,); kind: "logits",
     "log-probs" or "probs"; ignore_index: int; eps: the probability clip of "probs" (as
-    ``cross_entropy_from_probs``); n_threads: threads over the rows.
+    ``cross_entropy_from_probs``); n_threads: threads over the rows; rank_cap: ranks at or above
+    it are reported as rank_cap (the largest k of the top-k accuracies wanted; None: exact
+    ranks).  With rank_cap 1 the kernel counts nothing for the rank of logits.
 
     Per row (float64 arrays, rank int64):
 
@@ -63,7 +65,8 @@ def row_scores(x, labels, kind, ignore_index, eps, n_threads):
     y = np.ascontiguousarray(labels, dtype=np.int64)
     kern = _kernels.xent
     bad = kern.score_rows(x, y, getattr(kern, _KIND_CODE[kind]), int(ignore_index), float(eps),
-                          loss, rank, conf, brier, rows_per_block(C), max(1, int(n_threads)))
+                          loss, rank, conf, brier, rows_per_block(C), max(1, int(n_threads)),
+                          C if rank_cap is None else max(1, min(int(rank_cap), C)))
     return loss, rank, conf, brier, int(bad)
 
 

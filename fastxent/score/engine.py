@@ -134,7 +134,8 @@ def score_chunk(x, labels, weights, row0, ctx, offsets=None):
                              f"{float(weights[r])} at {_where(row0 + r, ctx, False)}")
     scores = _two_classes(x, ctx.kind, np.empty((n, 2), x.dtype)) if ctx.binary else x
     loss, rank, conf, brier, bad = row_scores(scores, labels, ctx.kind, ctx.ignore_index,
-                                              ctx.eps, ctx.n_threads)
+                                              ctx.eps, ctx.n_threads,
+                                              max((1, *ctx.totals.get("top_k", ()))))
     if bad >= 0:
         C = scores.shape[1]
         raise ScoreError(f"labels: label {labels[bad]} at {_where(row0 + bad, ctx, ctx.shift)} "

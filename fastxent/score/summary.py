@@ -29,6 +29,20 @@ from ._exact import ExactSum, ExactSums
 __all__ = ["Totals", "ScoreSummary", "JSON_KEYS"]
 
 
+def _bin_of(conf, bins):
+    """The calibration bin of each confidence: the index of the last of the edges
+    linspace(0, 1, bins + 1) at or below it, within [0, bins] (NaN: bins).  The same as
+    ``clip(searchsorted(edges, conf, side="right") - 1, 0, bins)``, by arithmetic: floor(conf *
+    bins), moved by one where the rounded edges disagree."""
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    with np.errstate(invalid="ignore"):
+        b = np.floor(np.clip(conf, 0.0, 1.0) * bins)
+    b = np.where(np.isnan(b), bins, b).astype(np.intp)
+    b -= (b > 0) & (conf < edges[b])
+    b += (b < bins) & (conf >= edges[np.minimum(b + 1, bins)])
+    return b
+
+
 class Totals:
     """Sums over the scored rows seen so far (picklable; ``merge`` adds another Totals)."""
 
@@ -81,8 +95,7 @@ class Totals:
             hit = pos
         else:
             hit = top1
-        edges = np.linspace(0.0, 1.0, self.bins + 1)
-        b = np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, self.bins)
+        b = _bin_of(conf, self.bins)
         if w is None:
             self.bin_n += np.bincount(b, minlength=self.bins + 1)
             self.bin_hits += np.bincount(b[hit], minlength=self.bins + 1)
