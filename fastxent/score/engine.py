@@ -116,12 +116,12 @@ class Context:
     row_bytes: int = 0                 # stored bytes of a row's scores, label and weight
 
 
-def score_chunk(x, labels, weights, row0, ctx, offsets=None):
+def score_chunk(x, labels, weights, row0, ctx, offsets=None, totals=None):
     """Score rows ``row0 .. row0 + len(x)``: (Totals, per-row losses or None, sequence part).
 
     x: (rows, width) float32/float64 C-contiguous; labels: int64 (already shifted);
     weights: float64 or None; offsets: the sequence offsets (or ``(seq0, offsets[seq0:])`` part)
-    for per-sequence sums.
+    for per-sequence sums; totals: the Totals to add the rows to (default: new ones).
     """
     n = x.shape[0]
     if ctx.kind == "probs":
@@ -141,8 +141,8 @@ def score_chunk(x, labels, weights, row0, ctx, offsets=None):
         raise ScoreError(f"labels: label {labels[bad]} at {_where(row0 + bad, ctx, ctx.shift)} "
                          f"is out of range [0, {C}) and is not the ignore index "
                          f"({ctx.ignore_index})")
-    part = Totals(**ctx.totals).add(labels, loss, rank, conf, brier, weights,
-                                    nbytes=n * ctx.row_bytes)
+    part = (Totals(**ctx.totals) if totals is None else totals).add(
+        labels, loss, rank, conf, brier, weights, nbytes=n * ctx.row_bytes)
     seq = None if offsets is None else _sequence_sums(loss, row0, offsets)
     return part, (loss if ctx.keep_losses else None), seq
 
@@ -204,7 +204,10 @@ class Run:
             self.writer = NpyWriter(self.out, inputs.row_shape, compute_dtype(inputs.logits.dtype))
 
     def add(self, row0, part, losses=None, seq=None):
-        self.totals.merge(part)
+        """Add a chunk's results: ``part`` its Totals (or this run's own ``totals``, which the
+        chunk was added to directly), its per-row losses and sequence sums."""
+        if part is not self.totals:
+            self.totals.merge(part)
         if self.writer is not None and losses is not None and losses.size:
             self.writer.write(row0, losses * self.opts.scale)
         if seq is not None and seq[1].size:
@@ -224,10 +227,13 @@ class Run:
         each (any order); then the summary.  Any error or interruption removes the outputs."""
         bar = progress_bar(self.inputs.rows, self.opts.progress)
         t0 = time.perf_counter()
+        shown = 0
 
         def add(row0, part, losses=None, seq=None):
+            nonlocal shown
             self.add(row0, part, losses, seq)
-            bar.update(part.rows)
+            bar.update(self.totals.rows - shown)
+            shown = self.totals.rows
 
         try:
             work(add)
@@ -405,7 +411,7 @@ def run_local(inputs, opts, ctx, offsets=None, out=None, per_class=None, entry_r
                         pending = pool.submit(_read_chunk, inputs, ctx, ends, *spans[k + 1],
                                               bufs[(k + 1) % 2])
                     try:
-                        add(a, *score_chunk(*chunk, a, ctx, offsets))
+                        add(a, *score_chunk(*chunk, a, ctx, offsets, run.totals))
                     except BaseException:
                         if pending is not None:
                             _wait_quietly(pending)
@@ -413,7 +419,8 @@ def run_local(inputs, opts, ctx, offsets=None, out=None, per_class=None, entry_r
                     chunk = None
 
         try:
-            return Run(inputs, opts, ctx, offsets, out, per_class).execute(work)
+            run = Run(inputs, opts, ctx, offsets, out, per_class)
+            return run.execute(work)
         finally:
             for b in bufs:
                 b.release()
