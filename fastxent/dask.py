@@ -9,7 +9,9 @@ with ignored rows left out, rounded once, and the same for any chunking or numbe
 Scoring (:func:`score_files`, :func:`score_summary`) reads every format ``fastxent score`` reads
 through the same readers (Zarr through ``dask.array.from_zarr``), in blocks of at least 64 MiB
 of scores, scores each block where it lives with the local engine's chunk function and gathers
-only its exact totals: the summary equals the local one exactly.
+only its exact totals: the summary equals the local one exactly.  For files, one task per block
+reads it (a native .npy through a memory map, no copy) and scores it, so no block of scores
+ever travels between workers.
 
 Works with any Dask scheduler; with ``dask.distributed``::
 
@@ -57,13 +59,17 @@ def _block_rows(width, itemsize, chunk_rows=None):
     return chunk_rows or max(1, -(-BLOCK_BYTES // max(1, width * itemsize)))
 
 
+def _splittable(reader):
+    if reader.sequential:
+        raise ScoreError(f"{reader.label}: compressed .npz members cannot be split across Dask "
+                         "workers; use .npy files (or np.savez)")
+
+
 def _rows_array(reader, width, rows_per_block):
     """A reader's rows of ``width`` values as a dask array chunked by rows (each block read by
     the worker that needs it; Zarr through dask.array.from_zarr)."""
     _, da = _dask()
-    if reader.sequential:
-        raise ScoreError(f"{reader.label}: compressed .npz members cannot be split across Dask "
-                         "workers; use .npy files (or np.savez)")
+    _splittable(reader)
     rows = reader.size // width if width else 0
     if type(reader).__name__ == "ZarrReader":
         arr = da.from_zarr(reader.path, component=reader.key)
@@ -255,7 +261,7 @@ def _gather_distributed(client, tasks, add, timeout):
                 continue
             now = time.monotonic()
             if now - checked < min(0.5, timeout):
-                time.sleep(0.02)
+                time.sleep(0.005)
                 continue
             checked = now
             if _workers(client):
@@ -265,7 +271,7 @@ def _gather_distributed(client, tasks, add, timeout):
                 if time.monotonic() - alone_since >= timeout:
                     raise ScoreError(f"dask_timeout: no Dask worker left for {timeout:g} s; "
                                      f"stopped with {left} of {len(futures)} blocks not scored")
-            time.sleep(0.02)
+            time.sleep(0.005)
     except BaseException:
         client.cancel(futures)
         raise
@@ -295,27 +301,49 @@ def _result(fut):
         raise
 
 
-def _run(inputs, x, y, w, opts, offsets, out, per_class, client, timeout, paths):
-    """Score the row views ``x`` (rows, width), ``y``, ``w`` (dask arrays)."""
-    dask, da = _dask()
+def _prepare(inputs, opts, offsets, out, per_class, paths, client, timeout, first_rows):
+    """(sequence offsets, chunk Context, compute dtype) of a run; ``first_rows(k)``: the first k
+    rows of scores (input="auto" decides from them)."""
     offs = _score.sequences(inputs, opts, offsets)
     _score.check_outputs(out, per_class, paths)
     ctx = _score.context(inputs, opts, per_class is not None)
     cdtype = engine.compute_dtype(inputs.logits.dtype)
-    N = inputs.rows
-    client = _active_client(client)
-    if ctx.kind == "auto":          # from the rows of a local first chunk, then every block
-        k = min(N, engine.detect_rows(inputs.width, cdtype, opts.chunk_rows))
-        first = []
-        if k:
-            _compute(x[:max(k, 1)].rechunk({0: -1}).to_delayed().ravel(), client, timeout,
-                     first.append)
-        ctx.kind = "logits" if not first else engine.detect_kind(
-            np.asarray(first[0], cdtype).reshape(first[0].shape[0], -1), inputs.binary)
+    if ctx.kind == "auto":          # from the first rows, then checked in every block
+        k = min(inputs.rows, engine.detect_rows(inputs.width, cdtype, opts.chunk_rows))
+        first = first_rows(k) if k else None
+        ctx.kind = "logits" if first is None else engine.detect_kind(
+            np.asarray(first, cdtype).reshape(first.shape[0], -1), inputs.binary)
         ctx.detected, ctx.first_rows = ctx.kind == "probs", k
     if ctx.eps is None:
         ctx.eps = float(np.finfo(cdtype).eps)
     ctx.keep_losses = out is not None
+    return offs, ctx, cdtype
+
+
+def _block_parts(offs, ends, r0, n):
+    """The offsets part and the sequence ends a block of rows [r0, r0 + n) needs."""
+    part = None if offs is None else engine.offsets_part(offs, r0, n)
+    e = None if ends is None else ends[np.searchsorted(ends, r0):np.searchsorted(ends, r0 + n)]
+    return part, e
+
+
+def _execute(inputs, opts, ctx, offs, out, per_class, tasks, client, timeout):
+    run = engine.Run(inputs, opts, ctx, offs, out, per_class)
+    return run.execute(lambda add: _compute(tasks, client, timeout, lambda r: add(*r)))
+
+
+def _run(inputs, x, y, w, opts, offsets, out, per_class, client, timeout, paths):
+    """Score the row views ``x`` (rows, width), ``y``, ``w`` (dask arrays)."""
+    dask, da = _dask()
+    client = _active_client(client)
+
+    def first_rows(k):
+        got = []
+        _compute(x[:k].rechunk({0: -1}).to_delayed().ravel(), client, timeout, got.append)
+        return got[0]
+
+    offs, ctx, cdtype = _prepare(inputs, opts, offsets, out, per_class, paths, client, timeout,
+                                 first_rows)
     rows_chunks = x.chunks[0]
     if opts.shift:
         y = da.concatenate([y[1:], da.full((1,), opts.ignore_index, dtype=y.dtype)])
@@ -325,14 +353,42 @@ def _run(inputs, x, y, w, opts, offsets, out, per_class, client, timeout, paths)
     starts = np.concatenate([[0], np.cumsum(rows_chunks)[:-1]]).astype(np.int64).tolist()
     block = dask.delayed(_score_block, pure=True)
     wb = [None] * len(starts) if w is None else w.to_delayed().ravel()
-    tasks = []
-    for xb, yb, wbk, r0, n in zip(x.to_delayed().ravel(), y.to_delayed().ravel(), wb, starts,
-                                  rows_chunks):
-        part = None if offs is None else engine.offsets_part(offs, r0, n)
-        e = None if ends is None else ends[np.searchsorted(ends, r0):np.searchsorted(ends, r0 + n)]
-        tasks.append(block(xb, yb, wbk, r0, ctx, cdtype, part, e))
-    run = engine.Run(inputs, opts, ctx, offs, out, per_class)
-    return run.execute(lambda add: _compute(tasks, client, timeout, lambda r: add(*r)))
+    tasks = [block(xb, yb, wbk, r0, ctx, cdtype, *_block_parts(offs, ends, r0, n))
+             for xb, yb, wbk, r0, n in zip(x.to_delayed().ravel(), y.to_delayed().ravel(), wb,
+                                           starts, rows_chunks)]
+    return _execute(inputs, opts, ctx, offs, out, per_class, tasks, client, timeout)
+
+
+def _score_span(inputs, ctx, cdtype, start, stop, offsets, ends):
+    """Read rows [start, stop) through the readers and score them, in one task where it runs:
+    the local engine's chunk reader (a native .npy is memory-mapped, not copied) and chunk
+    function."""
+    buf = engine.Buffers(stop - start, inputs.width, cdtype, inputs.weights is not None)
+    try:        # the readers stay open: with the threaded scheduler, tasks share them
+        x, y, w = engine.read_chunk(inputs, ctx, ends, start, stop, buf)
+        part, losses, seq = engine.score_chunk(x, y, w, start, ctx, offsets)
+        return start, part, losses, seq
+    finally:
+        buf.release()
+
+
+def _run_files(inputs, K, opts, offsets, out, per_class, client, timeout, paths):
+    """Score opened file inputs in blocks of K rows: one task per block reads and scores it."""
+    dask, _ = _dask()
+    client = _active_client(client)
+
+    def first_rows(k):
+        x = np.empty((k, inputs.width), engine.compute_dtype(inputs.logits.dtype))
+        return engine.read_rows(inputs.logits, "logits", 0, k, x, inputs.width)
+
+    offs, ctx, cdtype = _prepare(inputs, opts, offsets, out, per_class, paths, client, timeout,
+                                 first_rows)
+    ends = engine.sequence_ends(offs) if opts.shift else None
+    N = inputs.rows
+    span = dask.delayed(_score_span, pure=False)
+    tasks = [span(inputs, ctx, cdtype, a, min(N, a + K),
+                  *_block_parts(offs, ends, a, min(K, N - a))) for a in range(0, N, K)]
+    return _execute(inputs, opts, ctx, offs, out, per_class, tasks, client, timeout)
 
 
 def _options(chunk_rows, kw):
@@ -385,14 +441,20 @@ def score_files(logits, labels=None, *, address=None, client=None, chunk_rows=No
     inputs = _score.open_inputs(logits, labels, logits_key=logits_key, labels_key=labels_key,
                                 weights=weights, binary=opts.binary)
     K = _block_rows(inputs.width, inputs.logits.dtype.itemsize, opts.chunk_rows)
-    x = _rows_array(inputs.logits, inputs.width, K)
-    y = _rows_array(inputs.labels, 1, K)
-    w = None if inputs.weights is None else _rows_array(inputs.weights, 1, K)
     paths = inputs.paths + [os.fspath(offsets)] if isinstance(offsets, (str, os.PathLike)) \
         else inputs.paths
+    for r in inputs.readers:
+        _splittable(r)
+    if any(type(r).__name__ == "ZarrReader" for r in inputs.readers):
+        x = _rows_array(inputs.logits, inputs.width, K)
+        y = _rows_array(inputs.labels, 1, K)
+        w = None if inputs.weights is None else _rows_array(inputs.weights, 1, K)
 
-    def go(c):
-        return _run(inputs, x, y, w, opts, offsets, out, per_class, c, float(timeout), paths)
+        def go(c):
+            return _run(inputs, x, y, w, opts, offsets, out, per_class, c, float(timeout), paths)
+    else:
+        def go(c):
+            return _run_files(inputs, K, opts, offsets, out, per_class, c, float(timeout), paths)
 
     try:
         if address is None:

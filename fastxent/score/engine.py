@@ -27,7 +27,8 @@ from ._rows import row_scores, working_bytes
 from .summary import Totals
 
 __all__ = ["Context", "Run", "score_chunk", "detect_kind", "run_local", "plan_rows",
-           "compute_dtype", "CHUNK_BYTES", "DETECT_BYTES", "detect_rows"]
+           "compute_dtype", "CHUNK_BYTES", "DETECT_BYTES", "detect_rows", "Buffers", "read_chunk",
+           "read_rows"]
 
 CHUNK_BYTES = 32 << 20         # scores per chunk when memory allows (fewer, larger chunks: the
                                # per-chunk bookkeeping of the exact sums is amortised)
@@ -315,7 +316,7 @@ def _fixed_bytes(inputs, opts, offsets, per_class):
     return fixed
 
 
-class _Buffers:
+class Buffers:
     """One chunk's rows: the scores (in a reused buffer, or a memory-mapped window of the file
     when it holds them as they are scored), labels and weights."""
 
@@ -331,7 +332,7 @@ class _Buffers:
             self.window = None
 
 
-def _read(reader, what, start, stop, out, width):
+def read_rows(reader, what, start, stop, out, width):
     """``reader.read`` with its errors named after the argument ``what``."""
     try:
         if what == "labels" and reader.dtype.kind == "u" and reader.dtype.itemsize == 8:
@@ -348,7 +349,7 @@ def _read(reader, what, start, stop, out, width):
         raise ScoreError(msg if msg.startswith(what + ":") else f"{what}: {msg}") from None
 
 
-def _read_chunk(inputs, ctx, ends, start, stop, buf):
+def read_chunk(inputs, ctx, ends, start, stop, buf):
     """Rows [start, stop) of logits, labels (shifted: one ahead) and weights into ``buf``."""
     n = stop - start
     x, y = buf.x[:n], buf.y[:n]
@@ -358,15 +359,15 @@ def _read_chunk(inputs, ctx, ends, start, stop, buf):
     if win is not None:         # no copy: scored straight from the page cache
         buf.window, x = win, win.array
     else:
-        _read(inputs.logits, "logits", start, stop, x, inputs.width)
+        read_rows(inputs.logits, "logits", start, stop, x, inputs.width)
     if ctx.shift:
         last = min(stop + 1, inputs.rows)
-        _read(inputs.labels, "labels", start + 1, last, y[:last - start - 1], 1)
+        read_rows(inputs.labels, "labels", start + 1, last, y[:last - start - 1], 1)
         y[last - start - 1:] = ctx.ignore_index
         shift_labels(y, start, ends, ctx.ignore_index)
     else:
-        _read(inputs.labels, "labels", start, stop, y, 1)
-    w = None if buf.w is None else _read(inputs.weights, "weights", start, stop, buf.w[:n], 1)
+        read_rows(inputs.labels, "labels", start, stop, y, 1)
+    w = None if buf.w is None else read_rows(inputs.weights, "weights", start, stop, buf.w[:n], 1)
     return x, y, w
 
 
@@ -383,13 +384,13 @@ def run_local(inputs, opts, ctx, offsets=None, out=None, per_class=None, entry_r
         cdtype = compute_dtype(inputs.logits.dtype)
         growth = max(0, resident_bytes() - entry_rss) if entry_rss else 0
         K = plan_rows(inputs, opts, cdtype, growth + _fixed_bytes(inputs, opts, offsets, per_class))
-        bufs = [_Buffers(K, inputs.width, cdtype, inputs.weights is not None) for _ in range(2)]
+        bufs = [Buffers(K, inputs.width, cdtype, inputs.weights is not None) for _ in range(2)]
         ends = None if offsets is None else sequence_ends(offsets)
         N = inputs.rows
         spans = [(a, min(N, a + K)) for a in range(0, N, K)]
         first = None
         if ctx.kind == "auto":          # from the first chunk, then checked in every chunk
-            first = _read_chunk(inputs, ctx, ends, *spans[0], bufs[0]) if spans else None
+            first = read_chunk(inputs, ctx, ends, *spans[0], bufs[0]) if spans else None
             k = min(detect_rows(inputs.width, cdtype, opts.chunk_rows), spans[0][1] if spans else 0)
             ctx.kind = "logits" if first is None else detect_kind(first[0][:k], inputs.binary)
             ctx.detected, ctx.first_rows = ctx.kind == "probs", k
@@ -405,10 +406,10 @@ def run_local(inputs, opts, ctx, offsets=None, out=None, per_class=None, entry_r
                 for k, (a, b) in enumerate(spans):
                     if chunk is None:
                         chunk = (pending.result() if pending is not None
-                                 else _read_chunk(inputs, ctx, ends, a, b, bufs[k % 2]))
+                                 else read_chunk(inputs, ctx, ends, a, b, bufs[k % 2]))
                     pending = None
                     if k + 1 < len(spans):      # the next read overlaps this chunk's scoring
-                        pending = pool.submit(_read_chunk, inputs, ctx, ends, *spans[k + 1],
+                        pending = pool.submit(read_chunk, inputs, ctx, ends, *spans[k + 1],
                                               bufs[(k + 1) % 2])
                     try:
                         add(a, *score_chunk(*chunk, a, ctx, offsets, run.totals))
