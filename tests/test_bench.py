@@ -210,6 +210,12 @@ def test_smoke_run_figures_are_sane(smoke_run):
             assert fx["vs_fastest"] == pytest.approx(fastest["best_s"] / fx["best_s"])
     for r in results["threads_scaling"]:
         assert r["scaling_speedup"] > 0
+    score = results["score"]                  # fastxent score beside the kernel and a plain read
+    assert score["rows"] == run.SCORE_ROWS["smoke"] and score["classes"] == 1000
+    for key in ("score", "kernel", "read"):
+        assert score["warm"][key] > 0
+    assert score["warm"]["score_vs_kernel"] == pytest.approx(
+        score["warm"]["score"] / score["warm"]["kernel"])
 
 
 def test_smoke_run_report_and_progress(smoke_run):
@@ -218,6 +224,7 @@ def test_smoke_run_report_and_progress(smoke_run):
     assert "memory: DRAM read" in text and "exp: fastxent.logsumexp, f64 rows in L2" in text
     assert "% ceil" in text and "fastest peer" in text
     assert "threads scaling" in text and "geometric mean" in text
+    assert "score: 2,000 x 1,000 float32 logits" in text and "warm cache: score" in text
     n = len(grid.grid("smoke")) + len(grid.scaling_cases("smoke"))
     lines = progress.splitlines()
     assert lines[0] == "case 1 of %d: %s" % (n, grid.grid("smoke")[0].label)

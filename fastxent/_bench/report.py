@@ -301,5 +301,8 @@ def print_report(results, out=None):
         print_linear_header(out)
         for _, group in itertools.groupby(results["linear"], key=lambda r: r["id"]):
             print_linear_case(list(group), out)
+    if results.get("score"):
+        from fastxent.score._bench import report as score_report
+        print("\n" + score_report(results["score"]), file=out)
     print_summary(results, out)
 

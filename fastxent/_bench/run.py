@@ -94,10 +94,17 @@ def _run_scaling(cases, fx, ceil, timing_options, progress):
     return rows
 
 
+# rows of the float32 (rows, 1000) .npy file that the scoring measurement writes and scores
+# (full: 2 GB; smoke: a check that it runs; quick: not measured)
+SCORE_ROWS = {"full": 500_000, "smoke": 2_000}
+
+
 def run(mode="quick", impls=None, threads_scaling=False, budget=None, out=None, ncpu=None,
         progress=None, linear=True):
     """Run the benchmark of ``mode`` (grid.MODES), streaming the report to ``out``; return the
-    results as a dict (what ``--json`` saves)."""
+    results as a dict (what ``--json`` saves).  The full and smoke modes also measure
+    ``fastxent score`` on a temporary .npy file beside the in-memory kernel and a plain read of
+    the same file (``fastxent.score._bench``)."""
     out = sys.stdout if out is None else out
     budget = BUDGET[check_mode(mode)] if budget is None else budget
     timing_options = {"budget": budget, "min_repeats": MIN_REPEATS[mode]}
@@ -129,6 +136,12 @@ def run(mode="quick", impls=None, threads_scaling=False, budget=None, out=None, 
         report.print_scaling(results["threads_scaling"], out)
     results["linear"] = (run_linear(mode, impls=[i.name for i in impls], out=out,
                                     progress=progress) if linear else [])
+    if mode in SCORE_ROWS:
+        from fastxent.score import _bench as score_bench
+        progress.note("measuring fastxent score on a temporary file (warm and cold page cache)")
+        results["score"] = score_bench.measure(rows=SCORE_ROWS[mode], classes=1000)
+        progress.done()
+        print("\n" + score_bench.report(results["score"]), file=out)
     report.print_summary(results, out)
     results["elapsed_s"] = time.perf_counter() - started
     print(f"\n{mode} run: {results['elapsed_s']:.1f} s", file=out)

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-__all__ = ["measure", "report", "make_file", "plain_read"]
+__all__ = ["measure", "measure_dask", "report", "make_file", "plain_read"]
 
 READ_BLOCK = 8 << 20
 
@@ -131,6 +131,42 @@ def measure(logits=None, labels=None, *, rows=50_000, classes=1000, repeat=3, co
             c = out["cold"] = {name: size / t / 1e9 for name, t in best.items()}
             c["score_vs_read"] = c["score"] / c["read"]
         return out
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def measure_dask(logits=None, labels=None, *, rows=500_000, classes=1000, workers=2, repeat=3):
+    """Time ``fastxent.score_files`` against ``fastxent.dask.score_files`` on a LocalCluster of
+    ``workers`` single-threaded worker processes (page cache warm), interleaved, best of each.
+
+    Returns a dict: ``local_s``, ``dask_s``, ``ratio`` (dask / local), ``same`` (the summaries
+    are equal but for the timing keys), ``workers``, ``bytes``.  Needs ``fastxent[dask]``.
+    """
+    import fastxent
+    import fastxent.dask as fxd
+    from distributed import Client, LocalCluster
+
+    tmp = None
+    if logits is None:
+        tmp = tempfile.mkdtemp(prefix="fastxent-bench-dask-")
+        logits, labels = make_file(tmp, rows, classes)
+    timing = ("seconds", "rows_per_s", "gb_per_s")
+    try:
+        plain_read(logits)
+        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True) as cluster, \
+                Client(cluster) as client:
+            runs = {"local": lambda: fastxent.score_files(logits, labels),
+                    "dask": lambda: fxd.score_files(logits, labels, client=client)}
+            got = {name: fn().as_dict() for name, fn in runs.items()}      # warm-up
+            best = dict.fromkeys(runs, float("inf"))
+            for _ in range(repeat):
+                for name, fn in runs.items():
+                    best[name] = min(best[name], _best(fn, 1))
+        same = all(got["local"][k] == got["dask"][k] for k in got["local"] if k not in timing)
+        return {"local_s": best["local"], "dask_s": best["dask"],
+                "ratio": best["dask"] / best["local"], "same": same, "workers": workers,
+                "bytes": os.path.getsize(logits)}
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
