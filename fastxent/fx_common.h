@@ -31,6 +31,15 @@
 #define FX_SIMD_SUM(v)
 #endif
 
+/* the scalar math of fx_math.h: always inlined, so that every loop calling it vectorizes (a
+ * large kernel body can exhaust the compiler's inlining budget, and a call stops a loop from
+ * vectorizing) */
+#if defined(__GNUC__) || defined(__clang__)
+#define FX_MATH static inline __attribute__((always_inline))
+#else
+#define FX_MATH static inline
+#endif
+
 #if defined(__GNUC__) || defined(__clang__)
 #define FX_PREFETCH(p) __builtin_prefetch((p), 0, 3)
 #else

@@ -23,6 +23,38 @@
 #define T FX_T
 
 /* ------------------------------------------------------------------ blocked statistics */
+/* One FX_CHUNK of a block, max mn: its exps e = exp(x - mn) (stored into e with store), and per
+ * lane the sum of the exps that are not a maximum's 1, the count of those, and (sq) the sum of
+ * their squares: summed in T over FX_CHUNK / FX_LANES terms, then added into the double
+ * accumulators acc / cnt / acq. */
+static inline __attribute__((always_inline)) void
+FX_S(chunk_sums)(const T *x, T *e, T mn, double *acc, double *cnt, double *acq, const int store,
+                 const int sq)
+{
+    T fa[FX_LANES], fc[FX_LANES], fq[FX_LANES];
+    ptrdiff_t j;
+    FX_SIMD
+    for (j = 0; j < FX_LANES; j++) {
+        T a_ = 0, c_ = 0, q_ = 0;
+        for (int u = 0; u < FX_CHUNK / FX_LANES; u++) {
+            T d = x[u * FX_LANES + j] - mn;
+            T ev = FX_EXP(d), ea = d == 0 ? (T)0 : ev;
+            if (store) e[u * FX_LANES + j] = ev;
+            a_ += ea;
+            c_ += d == 0 ? (T)1 : (T)0;
+            if (sq) q_ += ea * ea;
+        }
+        fa[j] = a_;
+        fc[j] = c_;
+        fq[j] = q_;
+    }
+    FX_SIMD
+    for (j = 0; j < FX_LANES; j++) {
+        acc[j] += (double)fa[j]; cnt[j] += (double)fc[j];
+        if (sq) acq[j] += (double)fq[j];
+    }
+}
+
 static inline __attribute__((always_inline)) int
 FX_S(seg_stats_impl)(const T *x, ptrdiff_t n, T *m_out, double *t_out, T *e, T *bm,
                      const int store, double *q_out, const int sq)
@@ -84,58 +116,21 @@ FX_S(seg_stats_impl)(const T *x, ptrdiff_t n, T *m_out, double *t_out, T *e, T *
          * are summed in T per lane (FX_CHUNK / FX_LANES terms each, a few ulp), then added
          * into the double accumulators. */
         for (i = 0; i + FX_CHUNK <= len; i += FX_CHUNK) {
-            T fa[FX_LANES], fc[FX_LANES], fq[FX_LANES];
             /* fetch the next block from memory while this one is computed */
             if (b + FX_BLOCK + i + FX_CHUNK <= n)
                 for (ptrdiff_t q = 0; q < FX_CHUNK; q += 64 / (ptrdiff_t)sizeof(T))
                     FX_PREFETCH(xb + FX_BLOCK + i + q);
-            FX_SIMD
-            for (j = 0; j < FX_LANES; j++) {
-                T a_ = 0, c_ = 0, q_ = 0;
-                for (int u = 0; u < FX_CHUNK / FX_LANES; u++) {
-                    T d = xb[i + u * FX_LANES + j] - mn;
-                    T ev = FX_EXP(d), ea = d == 0 ? (T)0 : ev;
-                    if (store) eb[i + u * FX_LANES + j] = ev;
-                    a_ += ea;
-                    c_ += d == 0 ? (T)1 : (T)0;
-                    if (sq) q_ += ea * ea;
-                }
-                fa[j] = a_;
-                fc[j] = c_;
-                fq[j] = q_;
-            }
-            FX_SIMD
-            for (j = 0; j < FX_LANES; j++) {
-                acc[j] += (double)fa[j]; cnt[j] += (double)fc[j];
-                if (sq) acq[j] += (double)fq[j];
-            }
+            FX_S(chunk_sums)(xb + i, store ? eb + i : NULL, mn, acc, cnt, acq, store, sq);
         }
         if (i < len) {
-            /* the last, partial chunk: lanes past the row read -inf, whose exp adds exactly 0 */
+            /* the last, partial chunk: the same code on a copy padded with -inf (whose exp
+             * adds exactly 0), so it vectorizes as a whole chunk */
             ptrdiff_t rem = len - i;
-            int uu = (int)((rem + FX_LANES - 1) / FX_LANES);
-            T fa[FX_LANES], fc[FX_LANES], fq[FX_LANES];
-            FX_SIMD
-            for (j = 0; j < FX_LANES; j++) {
-                T a_ = 0, c_ = 0, q_ = 0;
-                for (int u = 0; u < uu; u++) {
-                    ptrdiff_t k = u * FX_LANES + j;
-                    T d = (k < rem ? xb[i + k] : -(T)INFINITY) - mn;
-                    T ev = FX_EXP(d), ea = d == 0 ? (T)0 : ev;
-                    if (store && k < rem) eb[i + k] = ev;
-                    a_ += ea;
-                    c_ += d == 0 ? (T)1 : (T)0;
-                    if (sq) q_ += ea * ea;
-                }
-                fa[j] = a_;
-                fc[j] = c_;
-                fq[j] = q_;
-            }
-            FX_SIMD
-            for (j = 0; j < FX_LANES; j++) {
-                acc[j] += (double)fa[j]; cnt[j] += (double)fc[j];
-                if (sq) acq[j] += (double)fq[j];
-            }
+            T pad[FX_CHUNK] __attribute__((aligned(64))), pe[FX_CHUNK] __attribute__((aligned(64)));
+            for (j = 0; j < FX_CHUNK; j++) pad[j] = -(T)INFINITY;
+            memcpy(pad, xb + i, (size_t)rem * sizeof(T));
+            FX_S(chunk_sums)(pad, store ? pe : NULL, mn, acc, cnt, acq, store, sq);
+            if (store) memcpy(eb + i, pe, (size_t)rem * sizeof(T));
         }
         for (w = FX_LANES / 2; w > 0; w /= 2)
             for (j = 0; j < w; j++) {

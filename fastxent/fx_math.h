@@ -20,7 +20,7 @@
 /* ------------------------------------------------------------------ exp, float32
  * Range reduction shared by exp and expm1: x = n*ln2 + r, |r| <= ln2/2; the scale 2^n from the
  * bits of t (a float holding n + 1.5 * 2^23). */
-static inline float fx_expf_reduce(float xc, float *scale)
+FX_MATH float fx_expf_reduce(float xc, float *scale)
 {
     const float magic = 12582912.0f;            /* 1.5 * 2^23: rint by addition */
     float t = xc * 1.44269504088896341f + magic;
@@ -36,7 +36,7 @@ static inline float fx_expf_reduce(float xc, float *scale)
 
 /* fx_expm1f_core: for a clamped x, returns q = e^r - 1 (Taylor, degree 7: accurate relative to
  * q itself, for expm1) and the scale 2^n; e^x - 1 = scale * q + (scale - 1). */
-static inline float fx_expm1f_core(float xc, float *scale)
+FX_MATH float fx_expm1f_core(float xc, float *scale)
 {
     float r = fx_expf_reduce(xc, scale);
     float p = 1.0f / 5040.0f;
@@ -52,7 +52,7 @@ static inline float fx_expm1f_core(float xc, float *scale)
 /* e^x for the hot loops: e^r - 1 = r (1 + r (c2 + c3 r + c4 r^2 + c5 r^3)), a degree-5 minimax
  * polynomial for e^r on [-ln2/2, ln2/2] (1.0e-7 relative): at most 2.2 ulp on [-87.3, 0],
  * every float checked against exp in double. */
-static inline float fx_expf(float x)
+FX_MATH float fx_expf(float x)
 {
     /* valid for x <= 88; every caller passes x <= 0 (x - max), -inf or NaN */
     float xc = x < -104.0f ? -104.0f : x;       /* NaN compares false: stays NaN */
@@ -68,7 +68,7 @@ static inline float fx_expf(float x)
 }
 
 /* ------------------------------------------------------------------ exp, float64 */
-static inline double fx_expm1_core(double xc, double *scale)
+FX_MATH double fx_expm1_core(double xc, double *scale)
 {
     const double magic = 6755399441055744.0;    /* 1.5 * 2^52 */
     double t = xc * 1.4426950408889634074 + magic;
@@ -95,7 +95,7 @@ static inline double fx_expm1_core(double xc, double *scale)
     return p * r;
 }
 
-static inline double fx_exp(double x)
+FX_MATH double fx_exp(double x)
 {
     double xc = x < -746.0 ? -746.0 : x;
     double scale;
@@ -109,7 +109,7 @@ static inline double fx_exp(double x)
  * (the sum of exps always holds exp(0) = 1).  log(s) = e*ln2 + 2*atanh(z), z = (f-1)/(f+1),
  * f in [sqrt(1/2), sqrt(2)): |z| <= 0.1716, so the odd series converges fast (float: 5 terms,
  * 2e-9 truncation; double: 11 terms, 6e-19).  Used once per row on the short-row path. */
-static inline float fx_logf(float s)
+FX_MATH float fx_logf(float s)
 {
     uint32_t b;
     memcpy(&b, &s, 4);
@@ -129,7 +129,7 @@ static inline float fx_logf(float s)
     return (float)e * 0.693147180559945309f + 2.0f * z * p;
 }
 
-static inline double fx_log(double s)
+FX_MATH double fx_log(double s)
 {
     /* as fx_logf, in the form log(f) = f1 - (h - t*(h + R)) with f1 = f - 1 (exact),
      * h = f1^2/2, t = f1/(2 + f1), R = sum_k 2 t^(2k) / (2k+1): under 1 ulp */
@@ -162,13 +162,13 @@ static inline double fx_log(double s)
 
 
 /* log1p(u), u >= 0: log(1 + u) * u / ((1 + u) - 1) corrects the rounding of 1 + u */
-static inline float fx_log1pf(float u)
+FX_MATH float fx_log1pf(float u)
 {
     float w = 1.0f + u;
     float l = fx_logf(w) * (u / (w - 1.0f));
     return w == 1.0f ? u : l;
 }
-static inline double fx_log1p(double u)
+FX_MATH double fx_log1p(double u)
 {
     double w = 1.0 + u;
     double l = fx_log(w) * (u / (w - 1.0));
@@ -179,21 +179,21 @@ static inline double fx_log1p(double u)
  * expm1 from the same reduction and polynomial as fx_exp (fx_expm1*_core):
  * expm1(x) = 2^n * q(r) + (2^n - 1), q(r) = e^r - 1; exact (2^n - 1) for the n used here.
  * tanh(u) = -t / (2 + t) with t = expm1(-2|u|): no cancellation near 0.  For softcap. */
-static inline float fx_expm1f_neg(float x)   /* x <= 0 */
+FX_MATH float fx_expm1f_neg(float x)   /* x <= 0 */
 {
     float scale;
     float q = fx_expm1f_core(x < -40.0f ? -40.0f : x, &scale);
     return scale * q + (scale - 1.0f);
 }
 
-static inline double fx_expm1_neg(double x)  /* x <= 0 */
+FX_MATH double fx_expm1_neg(double x)  /* x <= 0 */
 {
     double scale;
     double q = fx_expm1_core(x < -60.0 ? -60.0 : x, &scale);
     return scale * q + (scale - 1.0);
 }
 
-static inline float fx_tanhf(float u)
+FX_MATH float fx_tanhf(float u)
 {
     float au = u < 0 ? -u : u;
     float t = fx_expm1f_neg(-2.0f * au);
@@ -201,7 +201,7 @@ static inline float fx_tanhf(float u)
     return u < 0 ? -y : (u == u ? y : u);
 }
 
-static inline double fx_tanh(double u)
+FX_MATH double fx_tanh(double u)
 {
     double au = u < 0 ? -u : u;
     double t = fx_expm1_neg(-2.0 * au);
@@ -212,7 +212,7 @@ static inline double fx_tanh(double u)
 /* ------------------------------------------------------------------ half precision
  * float16 <-> float32 by bit manipulation (branch-free, vectorises), bfloat16 by shifting.
  * Gradients written back to 16 bits round to nearest even. */
-static inline float fx_f16_to_f32(uint16_t h)
+FX_MATH float fx_f16_to_f32(uint16_t h)
 {
     uint32_t sign = ((uint32_t)h & 0x8000u) << 16;
     uint32_t e = ((uint32_t)h >> 10) & 0x1fu, mant = (uint32_t)h & 0x3ffu;
@@ -230,7 +230,7 @@ static inline float fx_f16_to_f32(uint16_t h)
     return f;
 }
 
-static inline uint16_t fx_f32_to_f16(float f)
+FX_MATH uint16_t fx_f32_to_f16(float f)
 {
     uint32_t x;
     memcpy(&x, &f, 4);
@@ -247,7 +247,7 @@ static inline uint16_t fx_f32_to_f16(float f)
     return (uint16_t)(sign | (r >> 13));
 }
 
-static inline float fx_bf16_to_f32(uint16_t h)
+FX_MATH float fx_bf16_to_f32(uint16_t h)
 {
     uint32_t b = (uint32_t)h << 16;
     float f;
@@ -255,7 +255,7 @@ static inline float fx_bf16_to_f32(uint16_t h)
     return f;
 }
 
-static inline uint16_t fx_f32_to_bf16(float f)
+FX_MATH uint16_t fx_f32_to_bf16(float f)
 {
     uint32_t x;
     memcpy(&x, &f, 4);
@@ -264,7 +264,7 @@ static inline uint16_t fx_f32_to_bf16(float f)
 }
 
 
-static inline float fx_plogf(float x)
+FX_MATH float fx_plogf(float x)
 {
     int sub = x < 1.17549435e-38f;                  /* subnormal (also 0, negative) */
     float r = fx_logf(sub ? x * 8388608.0f : x);    /* 2^23 */
@@ -273,7 +273,7 @@ static inline float fx_plogf(float x)
     return x == INFINITY ? x : r;
 }
 
-static inline double fx_plog(double x)
+FX_MATH double fx_plog(double x)
 {
     int sub = x < 2.2250738585072014e-308;
     double r = fx_log(sub ? x * 4503599627370496.0 : x);   /* 2^52 */
@@ -283,7 +283,7 @@ static inline double fx_plog(double x)
 }
 
 /* fx_expf is valid up to 88: above, exp(x) = exp(x / 2)^2 (x / 2 is exact) */
-static inline float fx_pexpf(float x)
+FX_MATH float fx_pexpf(float x)
 {
     int hi = x > 88.0f;
     float y = fx_expf(hi ? x * 0.5f : x);
@@ -291,7 +291,7 @@ static inline float fx_pexpf(float x)
     return x > 88.7228394f ? INFINITY : y;
 }
 
-static inline double fx_pexp(double x)
+FX_MATH double fx_pexp(double x)
 {
     int hi = x > 709.0;
     double y = fx_exp(hi ? x * 0.5 : x);
@@ -300,7 +300,7 @@ static inline double fx_pexp(double x)
 }
 
 /* log1p(u) = log(w) * u / (w - 1), w = 1 + u: corrects the rounding of 1 + u (Goldberg) */
-static inline float fx_plog1pf(float u)
+FX_MATH float fx_plog1pf(float u)
 {
     float w = 1.0f + u;
     float l = fx_plogf(w) * (u / (w - 1.0f));
@@ -308,7 +308,7 @@ static inline float fx_plog1pf(float u)
     return u == INFINITY ? u : l;
 }
 
-static inline double fx_plog1p(double u)
+FX_MATH double fx_plog1p(double u)
 {
     double w = 1.0 + u;
     double l = fx_plog(w) * (u / (w - 1.0));
@@ -318,21 +318,21 @@ static inline double fx_plog1p(double u)
 
 /* 1 where x is not a positive normal finite number (0, subnormal, inf, NaN, x < 0), i.e. where
  * the fast logs fx_logf / fx_log (exact on positive normal numbers only) cannot be used. */
-static inline int fx_abnormalf(float x)
+FX_MATH int fx_abnormalf(float x)
 {
     uint32_t b;
     memcpy(&b, &x, 4);
     return (b - 0x00800000u) >= 0x7f000000u;
 }
 
-static inline int fx_abnormal(double x)
+FX_MATH int fx_abnormal(double x)
 {
     uint64_t b;
     memcpy(&b, &x, 8);
     return (b - 0x0010000000000000ULL) >= 0x7fe0000000000000ULL;
 }
 
-static inline int fx_nocheck(double x)
+FX_MATH int fx_nocheck(double x)
 {
     (void)x;
     return 0;
@@ -341,7 +341,7 @@ static inline int fx_nocheck(double x)
 
 /* log1p(u) for 0 <= u <= 1 (softplus): 2 atanh(z), z = u / (2 + u) in [0, 1/3], odd series
  * (float: 7 terms, truncation 1e-8; double: 18 terms, 4e-18); exact for tiny u, one division. */
-static inline float fx_log1p_unitf(float u)
+FX_MATH float fx_log1p_unitf(float u)
 {
     float z = u / (2.0f + u), z2 = z * z;
     float p = 1.0f / 13.0f;
@@ -354,7 +354,7 @@ static inline float fx_log1p_unitf(float u)
     return 2.0f * z * p;
 }
 
-static inline double fx_log1p_unit(double u)
+FX_MATH double fx_log1p_unit(double u)
 {
     double z = u / (2.0 + u), z2 = z * z;
     double p = 1.0 / 35.0;
