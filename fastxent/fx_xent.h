@@ -128,6 +128,30 @@ static inline void FX_S(xent_emit)(const fx_xent_args *A, ptrdiff_t i, double lo
     if (A->z_out != NULL) ((T *)A->z_out)[i] = (T)(z * A->lscale);
 }
 
+/* fx_xent_row for R short rows from their statistics, vectorised across the rows (plain loads
+ * only: the label weights wy, validity ok (1 / 0) and gradient scales gs gathered before). */
+static inline __attribute__((always_inline)) void
+FX_S(short_formula)(const fx_xent_opts *o, ptrdiff_t R, const T *m, const T *ls, const T *is,
+                    const T *xy, const double *wy, const double *gap, const double *fu,
+                    const double *fF, const double *gs, const double *ok, double *lossv,
+                    double *zv, T *a, T *cw, T *b)
+{
+    FX_SIMD
+    for (ptrdiff_t r = 0; r < R; r++) {
+        fx_xent_stat st;
+        st.m = (double)m[r]; st.ls = (double)ls[r]; st.inv_s = (double)is[r];
+        st.xy = (double)xy[r]; st.wy = wy[r];
+        st.gap = gap[r]; st.sp = 0.0; st.spg = 0.0; st.fu = fu[r]; st.fF = fF[r];
+        fx_xent_res res = fx_xent_row(o, &st, gs[r]);
+        int v = ok[r] != 0.0;
+        lossv[r] = v ? res.loss : 0.0;
+        zv[r] = v ? res.z : 0.0;
+        a[r] = v ? (T)res.a : (T)0;
+        cw[r] = v ? (T)res.cw : (T)0;
+        b[r] = v ? (T)res.b : (T)0;
+    }
+}
+
 /* Short rows (C <= FX_SHORT_C, hard labels, contiguous rows of the kernel type, 2-D),
  * FX_SHORT_R rows at a time: statistics and formula vectorised across rows. */
 static inline void FX_S(xent_short)(const fx_xent_args *A, ptrdiff_t lo, ptrdiff_t hi,
@@ -138,9 +162,16 @@ static inline void FX_S(xent_short)(const fx_xent_args *A, ptrdiff_t lo, ptrdiff
     char valid[FX_SHORT_R];
     T m[FX_SHORT_R], ls[FX_SHORT_R], is[FX_SHORT_R], xy[FX_SHORT_R];
     T a[FX_SHORT_R], cw[FX_SHORT_R], b[FX_SHORT_R];
-    double lossv[FX_SHORT_R], zv[FX_SHORT_R], gap[FX_SHORT_R], fu[FX_SHORT_R], fF[FX_SHORT_R];
+    double lossv[FX_SHORT_R], zv[FX_SHORT_R], gap[FX_SHORT_R], fu[FX_SHORT_R];
+    double fF[FX_SHORT_R], wy[FX_SHORT_R], ok[FX_SHORT_R], gs[FX_SHORT_R];
     ptrdiff_t C = o->C, rs = A->x.s0 / (ptrdiff_t)sizeof(T), grs = A->g.s0 / (ptrdiff_t)sizeof(T);
     int logits = o->input == FX_INPUT_LOGITS;
+    /* the options with what this path implies as constants (hard labels; with or without
+     * z-loss), so that the formula's selects on them fold away and its loop vectorizes */
+    fx_xent_opts hard = *o, hard_z = *o;
+    hard.soft = 0;
+    hard.zl = 0.0;
+    hard_z.soft = 0;
     for (ptrdiff_t r0 = lo; r0 < hi; r0 += FX_SHORT_R) {
         ptrdiff_t R = hi - r0 < FX_SHORT_R ? hi - r0 : FX_SHORT_R, r;
         ptrdiff_t y = fx_short_labels(A, r0, R, yi, valid);
@@ -161,25 +192,25 @@ static inline void FX_S(xent_short)(const fx_xent_args *A, ptrdiff_t lo, ptrdiff
         if (o->gamma != 0.0)
             for (r = 0; r < R; r++)
                 fx_focal(o->gamma, ((double)m[r] - (double)xy[r]) + (double)ls[r], &fu[r], &fF[r]);
-        /* the formula, vectorised across the rows */
-        double sl = 0.0, sz = 0.0, sw = 0.0;
-        FX_PRAGMA(omp simd reduction(+:sl) reduction(+:sz) reduction(+:sw))
+        /* the label weights, validity and gradient scales gathered first, then the formula
+         * vectorised across the rows (plain loads only; no reduction in the vector loop: the
+         * block's sums are added in row order afterwards) */
         for (r = 0; r < R; r++) {
-            fx_xent_stat st;
-            st.m = (double)m[r]; st.ls = (double)ls[r]; st.inv_s = (double)is[r];
-            st.xy = (double)xy[r];
-            st.wy = valid[r] ? (o->w != NULL ? o->w[yi[r]] : 1.0) : 0.0;
-            st.gap = gap[r]; st.sp = 0.0; st.spg = 0.0; st.fu = fu[r]; st.fF = fF[r];
-            fx_xent_res res = fx_xent_row(o, &st, fx_row_gs(A, r0 + r));
-            double l = valid[r] ? res.loss : 0.0, zz = valid[r] ? res.z : 0.0;
-            lossv[r] = l;
-            zv[r] = zz;
-            a[r] = valid[r] ? (T)res.a : (T)0;
-            cw[r] = valid[r] ? (T)res.cw : (T)0;
-            b[r] = valid[r] ? (T)res.b : (T)0;
-            sl += l;
-            sz += zz;
-            sw += st.wy;
+            ok[r] = valid[r] ? 1.0 : 0.0;
+            wy[r] = valid[r] ? (o->w != NULL ? o->w[yi[r]] : 1.0) : 0.0;
+            gs[r] = fx_row_gs(A, r0 + r);
+        }
+        double sl = 0.0, sz = 0.0, sw = 0.0;
+        if (o->zl == 0.0)       /* the usual case, with "no z-loss" known to the compiler */
+            FX_S(short_formula)(&hard, R, m, ls, is, xy, wy, gap, fu, fF, gs, ok, lossv, zv, a,
+                                cw, b);
+        else
+            FX_S(short_formula)(&hard_z, R, m, ls, is, xy, wy, gap, fu, fF, gs, ok, lossv, zv,
+                                a, cw, b);
+        for (r = 0; r < R; r++) {
+            sl += lossv[r];
+            sz += zv[r];
+            sw += wy[r];
         }
         part->loss += sl;
         part->z += sz;
