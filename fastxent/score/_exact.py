@@ -12,6 +12,7 @@ that limit, and whenever a sum is read or pickled, the accumulator is folded int
 integers (``buckets``: power of two p -> integer).  Non-finite values make a sum nan or +-inf as
 IEEE addition would.
 """
+import copy
 import math
 
 import numpy as np
@@ -37,15 +38,14 @@ def _finite(x):
     return x[finite], x[~finite], finite
 
 
-def _fold(acc):
-    """{(group, p): integer} of an accumulator (groups, 2048, 2)."""
+def _fold(acc, buckets):
+    """Add an accumulator (groups, 2048, 2) into ``buckets[group]`` ({p: integer} each)."""
     flat = acc.reshape(-1, 2)
-    out = {}
     for k in np.flatnonzero(flat.any(axis=1)).tolist():
         g, e = divmod(k, _EXPONENTS)
         lo, hi = flat[k].tolist()
-        out[g, max(e, 1) - _BIAS] = lo + (hi << 26)
-    return out
+        p, b = max(e, 1) - _BIAS, buckets[g]
+        b[p] = b.get(p, 0) + lo + (hi << 26)
 
 
 class _Pending:
@@ -61,26 +61,51 @@ class _Pending:
         return self.count + n < _LIMIT
 
 
-def _take(mine, theirs, groups, settle):
-    """``mine`` (a _Pending or None) with the accumulator ``theirs`` added."""
-    if theirs is None:
-        return mine
-    if mine is None or not mine.room(theirs.count):
-        settle()
-        mine = _Pending(groups)
-    mine.acc += theirs.acc
-    mine.count += theirs.count
-    return mine
+class _Pooled:
+    """What ExactSum and ExactSums share: the pending int64 accumulator of their groups
+    (``_groups()`` of them, folded into ``_bucket_dicts()``)."""
+
+    __slots__ = ()
+
+    def _settle(self):
+        if self._pending is not None:
+            _fold(self._pending.acc, self._bucket_dicts())
+            self._pending = None
+
+    def _room(self, n):
+        """A pending accumulator that takes n more values."""
+        if self._pending is None or not self._pending.room(n):
+            self._settle()
+            self._pending = _Pending(self._groups())
+        return self._pending
+
+    def _accumulate(self, x, idx):
+        """Add the finite float32/float64 values x (into groups idx; None: group 0)."""
+        if x.size:
+            pending = self._room(x.size)
+            _kernels.xent.exact_add(x, idx, pending.acc)
+            pending.count += x.size
+
+    def merge(self, other):
+        """Add ``other`` (of the same kind) to this: its pending accumulator by integer
+        addition, its folded parts and flags by ``_merge_folded``."""
+        if other is self:
+            other = _copy(self)
+        theirs = other._pending
+        if theirs is not None:
+            pending = self._room(theirs.count)
+            pending.acc += theirs.acc
+            pending.count += theirs.count
+        self._merge_folded(other)
+        return self
 
 
 def _copy(s):
-    """A copy of an ExactSum or ExactSums (through its pickled state)."""
-    c = object.__new__(type(s))
-    c.__setstate__(s.__getstate__())
-    return c
+    """An independent copy of an ExactSum or ExactSums (a sum merged into itself)."""
+    return copy.deepcopy(s)
 
 
-class ExactSum:
+class ExactSum(_Pooled):
     """The exact sum of many floats, rounded once at the end.
 
     The result is independent of how the values are split into chunks, of their order and of
@@ -101,11 +126,11 @@ class ExactSum:
         self._settle()
         return self._buckets
 
-    def _settle(self):
-        if self._pending is not None:
-            for (_, p), v in _fold(self._pending.acc).items():
-                self._buckets[p] = self._buckets.get(p, 0) + v
-            self._pending = None
+    def _groups(self):
+        return 1
+
+    def _bucket_dicts(self):
+        return [self._buckets]
 
     def _note_special(self, special):
         self.nan |= bool(np.isnan(special).any())
@@ -123,24 +148,15 @@ class ExactSum:
         x, special, _ = _finite(np.asarray(values).reshape(-1))
         if special is not None:
             self._note_special(special)
-        if x.size:
-            if self._pending is None or not self._pending.room(x.size):
-                self._settle()
-                self._pending = _Pending(1)
-            _kernels.xent.exact_add(x, None, self._pending.acc)
-            self._pending.count += x.size
+        self._accumulate(x, None)
         return self
 
-    def merge(self, other):
-        if other is self:
-            other = _copy(self)
-        self._pending = _take(self._pending, other._pending, 1, self._settle)
+    def _merge_folded(self, other):
         for p, v in other._buckets.items():
             self._buckets[p] = self._buckets.get(p, 0) + v
         self.nan |= other.nan
         self.pinf |= other.pinf
         self.ninf |= other.ninf
-        return self
 
     def _special(self):
         if self.nan or (self.pinf and self.ninf):
@@ -188,7 +204,7 @@ class ExactSum:
             return math.copysign(math.inf, n)
 
 
-class ExactSums:
+class ExactSums(_Pooled):
     """``n`` exact sums side by side: ``add(values, index)`` adds ``values[i]`` to sum
     ``index[i]`` (all to sum 0 when ``index`` is None).  ``s[g]`` is the ExactSum of group g."""
 
@@ -203,12 +219,11 @@ class ExactSums:
         self._settle()
         return self._sums
 
-    def _settle(self):
-        if self._pending is not None:
-            for (g, p), v in _fold(self._pending.acc).items():
-                b = self._sums[g]._buckets
-                b[p] = b.get(p, 0) + v
-            self._pending = None
+    def _groups(self):
+        return len(self._sums)
+
+    def _bucket_dicts(self):
+        return [s._buckets for s in self._sums]
 
     def __getstate__(self):
         return self.sums
@@ -224,7 +239,6 @@ class ExactSums:
         return self.sums[g]
 
     def add(self, values, index=None):
-        n = len(self._sums)
         idx = None if index is None else np.ascontiguousarray(index, np.int64).reshape(-1)
         x, special, finite = _finite(np.asarray(values).reshape(-1))
         if special is not None:
@@ -232,21 +246,12 @@ class ExactSums:
             for g in np.unique(bad_idx).tolist():
                 self._sums[g]._note_special(special[bad_idx == g])
             idx = None if idx is None else idx[finite]
-        if x.size:
-            if self._pending is None or not self._pending.room(x.size):
-                self._settle()
-                self._pending = _Pending(n)
-            _kernels.xent.exact_add(x, idx, self._pending.acc)
-            self._pending.count += x.size
+        self._accumulate(x, idx)
         return self
 
-    def merge(self, other):
-        if other is self:
-            other = _copy(self)
-        self._pending = _take(self._pending, other._pending, len(self._sums), self._settle)
-        for a, b in zip(self._sums, other._sums):    # their folded parts and flags
+    def _merge_folded(self, other):
+        for a, b in zip(self._sums, other._sums):
             a.merge(b)
-        return self
 
     def values(self):
         """The sums as a float64 array, each rounded once."""
