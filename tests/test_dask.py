@@ -342,3 +342,24 @@ def test_score_summary_detects_probabilities_like_local():
         score.score_arrays(p, y)
     with pytest.raises(ScoreError, match="row 850 is not"):
         fxd.score_summary(da.from_array(p, chunks=(200, 2000)), y)
+
+
+def test_score_files_shifted_sequences_like_the_local_engine(tmp_path):
+    """(B, T, V) logits with --shift and per-sequence sums: blocks that cut sequences, read and
+    scored in one task each, give the local summary and per-sequence file."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((6, 50, 7)).astype(np.float32)
+    y = rng.integers(0, 7, (6, 50))
+    y[2, 10:20] = -100
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    kw = dict(shift=True, per_sequence=True, top_k=2)
+    local = score.score_files(tmp_path / "x.npy", tmp_path / "y.npy", out=tmp_path / "a.npy",
+                              chunk_rows=33, **kw)
+    remote = fxd.score_files(tmp_path / "x.npy", tmp_path / "y.npy", out=tmp_path / "b.npy",
+                             chunk_rows=41, **kw)
+    got, want = _summary_dict(remote), _summary_dict(local)
+    assert got.pop("out") != want.pop("out")
+    assert got == want and want["sequences"] == 6
+    np.testing.assert_allclose(np.load(tmp_path / "b.npy"), np.load(tmp_path / "a.npy"),
+                               rtol=1e-12)
