@@ -28,8 +28,10 @@ from . import _validation as check
 __all__ = ["linear_cross_entropy"]
 
 # The chunk buffer is sized to about this many bytes (rows = CHUNK_BYTES // (V * itemsize),
-# at least MIN_CHUNK_ROWS so the matrix products stay efficient).  Measured on a 2-core AVX-512
-# machine at V=131072, d=1024: 64 .. 512 rows per chunk give the same speed as one big product.
+# at least MIN_CHUNK_ROWS so the matrix products stay efficient).  Measured at V=131072, d=1024:
+# on a 2-core AMD EPYC VM 64 .. 512 rows per chunk give the same speed as one big product; on a
+# 2-vCPU Intel Xeon VM (N=2048) 256 rows (this default) take 1.28x the time of the materialised
+# path and 1024 rows 0.87x.  The default keeps the memory small; chunk_size= trades it for speed.
 CHUNK_BYTES = 128 * 2**20
 MIN_CHUNK_ROWS = 64
 
