@@ -301,7 +301,7 @@ def _result(fut):
         raise
 
 
-def _prepare(inputs, opts, offsets, out, per_class, paths, client, timeout, first_rows):
+def _prepare(inputs, opts, offsets, out, per_class, paths, first_rows):
     """(sequence offsets, chunk Context, compute dtype) of a run; ``first_rows(k)``: the first k
     rows of scores (input="auto" decides from them)."""
     offs = _score.sequences(inputs, opts, offsets)
@@ -342,8 +342,7 @@ def _run(inputs, x, y, w, opts, offsets, out, per_class, client, timeout, paths)
         _compute(x[:k].rechunk({0: -1}).to_delayed().ravel(), client, timeout, got.append)
         return got[0]
 
-    offs, ctx, cdtype = _prepare(inputs, opts, offsets, out, per_class, paths, client, timeout,
-                                 first_rows)
+    offs, ctx, cdtype = _prepare(inputs, opts, offsets, out, per_class, paths, first_rows)
     rows_chunks = x.chunks[0]
     if opts.shift:
         y = da.concatenate([y[1:], da.full((1,), opts.ignore_index, dtype=y.dtype)])
@@ -381,8 +380,7 @@ def _run_files(inputs, K, opts, offsets, out, per_class, client, timeout, paths)
         x = np.empty((k, inputs.width), engine.compute_dtype(inputs.logits.dtype))
         return engine.read_rows(inputs.logits, "logits", 0, k, x, inputs.width)
 
-    offs, ctx, cdtype = _prepare(inputs, opts, offsets, out, per_class, paths, client, timeout,
-                                 first_rows)
+    offs, ctx, cdtype = _prepare(inputs, opts, offsets, out, per_class, paths, first_rows)
     ends = engine.sequence_ends(offs) if opts.shift else None
     N = inputs.rows
     span = dask.delayed(_score_span, pure=False)

@@ -53,15 +53,12 @@ def row_scores(x, labels, kind, ignore_index, eps, n_threads, rank_cap=None):
     if kind not in KINDS:
         raise ValueError(f"kind: expected one of {KINDS}, got {kind!r}")
     n, C = x.shape
-    loss = np.zeros(n)
-    conf = np.zeros(n)
-    brier = np.zeros(n)
-    rank = np.full(n, -1, dtype=np.int64)
-    if n == 0:
-        return loss, rank, conf, brier, -1
-    if C == 0:
+    if n == 0 or C == 0:                 # no class: every row is ignored, or has a bad label
         bad = labels != ignore_index
-        return loss, rank, conf, brier, int(np.argmax(bad)) if bad.any() else -1
+        return (np.zeros(n), np.full(n, -1, dtype=np.int64), np.zeros(n), np.zeros(n),
+                int(np.argmax(bad)) if bad.any() else -1)
+    # the kernel writes every row of the four outputs
+    loss, conf, brier, rank = np.empty(n), np.empty(n), np.empty(n), np.empty(n, np.int64)
     y = np.ascontiguousarray(labels, dtype=np.int64)
     kern = _kernels.xent
     bad = kern.score_rows(x, y, getattr(kern, _KIND_CODE[kind]), int(ignore_index), float(eps),
