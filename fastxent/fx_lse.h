@@ -31,6 +31,95 @@ static inline __attribute__((always_inline)) void
 FX_S(chunk_sums)(const T *x, T *e, T mn, double *acc, double *cnt, double *acq, const int store,
                  const int sq)
 {
+#if defined(__AVX512F__)
+    /* the same sums lane for lane, in 512-bit vectors with fx_math.h's vector exp */
+#if FX_F32
+    const __m512 vm = _mm512_set1_ps(mn), zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f);
+    __m512 a = zero, c = zero, q2 = zero;
+    for (int u = 0; u < FX_CHUNK / FX_LANES; u++) {
+        __m512 d = _mm512_sub_ps(_mm512_loadu_ps(x + u * FX_LANES), vm);
+        __m512 ev = fx_expf_v16(d);
+        __mmask16 top = _mm512_cmp_ps_mask(d, zero, _CMP_EQ_OQ);
+        if (store) _mm512_storeu_ps(e + u * FX_LANES, ev);
+        a = _mm512_mask_add_ps(a, (__mmask16)~top, a, ev);
+        c = _mm512_mask_add_ps(c, top, c, one);
+        if (sq) q2 = _mm512_mask3_fmadd_ps(ev, ev, q2, (__mmask16)~top);
+    }
+#define FX_WIDEN_ADD(dst, v) do { \
+        _mm512_storeu_pd((dst), _mm512_add_pd(_mm512_loadu_pd(dst), \
+                         _mm512_cvtps_pd(_mm512_castps512_ps256(v)))); \
+        _mm512_storeu_pd((dst) + 8, _mm512_add_pd(_mm512_loadu_pd((dst) + 8), \
+                         _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd( \
+                             _mm512_castps_pd(v), 1))))); } while (0)
+    FX_WIDEN_ADD(acc, a);
+    FX_WIDEN_ADD(cnt, c);
+    if (sq) FX_WIDEN_ADD(acq, q2);
+#undef FX_WIDEN_ADD
+#else
+    const __m512d vm = _mm512_set1_pd(mn), zero = _mm512_setzero_pd(), one = _mm512_set1_pd(1.0);
+    __m512d a[2] = {zero, zero}, c[2] = {zero, zero}, q2[2] = {zero, zero};
+    for (int u = 0; u < FX_CHUNK / FX_LANES; u++) {
+        for (int h = 0; h < 2; h++) {
+            __m512d d = _mm512_sub_pd(_mm512_loadu_pd(x + u * FX_LANES + 8 * h), vm);
+            __m512d ev = fx_exp_v8(d);
+            __mmask8 top = _mm512_cmp_pd_mask(d, zero, _CMP_EQ_OQ);
+            if (store) _mm512_storeu_pd(e + u * FX_LANES + 8 * h, ev);
+            a[h] = _mm512_mask_add_pd(a[h], (__mmask8)~top, a[h], ev);
+            c[h] = _mm512_mask_add_pd(c[h], top, c[h], one);
+            if (sq) q2[h] = _mm512_mask3_fmadd_pd(ev, ev, q2[h], (__mmask8)~top);
+        }
+    }
+    for (int h = 0; h < 2; h++) {
+        _mm512_storeu_pd(acc + 8 * h, _mm512_add_pd(_mm512_loadu_pd(acc + 8 * h), a[h]));
+        _mm512_storeu_pd(cnt + 8 * h, _mm512_add_pd(_mm512_loadu_pd(cnt + 8 * h), c[h]));
+        if (sq) _mm512_storeu_pd(acq + 8 * h, _mm512_add_pd(_mm512_loadu_pd(acq + 8 * h), q2[h]));
+    }
+#endif
+#elif defined(__AVX2__) && defined(__FMA__)
+    /* the same in 256-bit vectors: FX_LANES / V vectors side by side, lane for lane */
+#if FX_F32
+#define FX_V 8
+#define FX_VT __m256
+#define FX_VD(a) _mm256_##a##_ps
+#define FX_VEXP fx_expf_v8
+#else
+#define FX_V 4
+#define FX_VT __m256d
+#define FX_VD(a) _mm256_##a##_pd
+#define FX_VEXP fx_exp_v4
+#endif
+    const FX_VT vm = FX_VD(set1)(mn), zero = FX_VD(setzero)(), one = FX_VD(set1)((T)1);
+    FX_VT a[FX_LANES / FX_V], c[FX_LANES / FX_V], q2[FX_LANES / FX_V];
+    for (int h = 0; h < FX_LANES / FX_V; h++) { a[h] = zero; c[h] = zero; q2[h] = zero; }
+    for (int u = 0; u < FX_CHUNK / FX_LANES; u++) {
+        for (int h = 0; h < FX_LANES / FX_V; h++) {
+            FX_VT d = FX_VD(sub)(FX_VD(loadu)(x + u * FX_LANES + FX_V * h), vm);
+            FX_VT ev = FX_VEXP(d);
+            FX_VT top = FX_VD(cmp)(d, zero, _CMP_EQ_OQ);
+            if (store) FX_VD(storeu)(e + u * FX_LANES + FX_V * h, ev);
+            FX_VT ea = FX_VD(andnot)(top, ev);
+            a[h] = FX_VD(add)(a[h], ea);
+            c[h] = FX_VD(add)(c[h], FX_VD(and)(top, one));
+            if (sq) q2[h] = FX_VD(fmadd)(ea, ea, q2[h]);
+        }
+    }
+    {
+        T fa[FX_LANES], fc[FX_LANES], fq[FX_LANES];
+        for (int h = 0; h < FX_LANES / FX_V; h++) {
+            FX_VD(storeu)(fa + FX_V * h, a[h]);
+            FX_VD(storeu)(fc + FX_V * h, c[h]);
+            FX_VD(storeu)(fq + FX_V * h, q2[h]);
+        }
+        for (int j = 0; j < FX_LANES; j++) {
+            acc[j] += (double)fa[j]; cnt[j] += (double)fc[j];
+            if (sq) acq[j] += (double)fq[j];
+        }
+    }
+#undef FX_V
+#undef FX_VT
+#undef FX_VD
+#undef FX_VEXP
+#else
     T fa[FX_LANES], fc[FX_LANES], fq[FX_LANES];
     ptrdiff_t j;
     FX_SIMD
@@ -53,6 +142,7 @@ FX_S(chunk_sums)(const T *x, T *e, T mn, double *acc, double *cnt, double *acq, 
         acc[j] += (double)fa[j]; cnt[j] += (double)fc[j];
         if (sq) acq[j] += (double)fq[j];
     }
+#endif
 }
 
 static inline __attribute__((always_inline)) int
@@ -67,14 +157,28 @@ FX_S(seg_stats_impl)(const T *x, ptrdiff_t n, T *m_out, double *t_out, T *e, T *
         const T *xb = x + b;
         T *eb = store ? e + b : NULL;
         ptrdiff_t len = n - b < FX_BLOCK ? n - b : FX_BLOCK, i, j, w;
-        T mx[FX_LANES];
+        T mx[4 * FX_LANES];
         double acc[FX_LANES], cnt[FX_LANES], acq[FX_LANES];
+        for (j = 0; j < 4 * FX_LANES; j++) mx[j] = -(T)INFINITY;
         for (j = 0; j < FX_LANES; j++) {
-            mx[j] = -(T)INFINITY; acc[j] = 0.0; cnt[j] = 0.0; acq[j] = 0.0;
+            acc[j] = 0.0; cnt[j] = 0.0; acq[j] = 0.0;
         }
-        /* the block's max, FX_LANES partial results; a NaN is skipped here (comparisons with it
-         * are false) and caught by the sum it turns into NaN */
-        for (i = 0; i + FX_LANES <= len; i += FX_LANES) {
+        /* the block's max, 4 * FX_LANES partial results (four independent chains of vector
+         * max, folded to FX_LANES); a NaN is skipped here (comparisons with it are false) and
+         * caught by the sum it turns into NaN */
+        for (i = 0; i + 4 * FX_LANES <= len; i += 4 * FX_LANES) {
+            FX_SIMD
+            for (j = 0; j < 4 * FX_LANES; j++) {
+                T v = xb[i + j];
+                mx[j] = v > mx[j] ? v : mx[j];
+            }
+        }
+        for (j = 0; j < FX_LANES; j++) {
+            T v = mx[j + FX_LANES] > mx[j + 3 * FX_LANES] ? mx[j + FX_LANES] : mx[j + 3 * FX_LANES];
+            T u = mx[j] > mx[j + 2 * FX_LANES] ? mx[j] : mx[j + 2 * FX_LANES];
+            mx[j] = v > u ? v : u;
+        }
+        for (; i + FX_LANES <= len; i += FX_LANES) {
             FX_SIMD
             for (j = 0; j < FX_LANES; j++) {
                 T v = xb[i + j];
