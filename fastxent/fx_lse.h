@@ -22,6 +22,60 @@
  */
 #define T FX_T
 
+/* The vector exp of this level (fx_math.h), if it has one: FX_V elements of T per vector of
+ * type FX_VT, FX_VOP(op) the intrinsic _mm<width>_<op>_<ps|pd>, FX_VEXP the exp. */
+#if defined(__AVX512F__)
+#define FX_HAVE_VEXP 1
+#define FX_V (64 / (int)sizeof(T))
+#if FX_F32
+#define FX_VT __m512
+#define FX_VOP(op) _mm512_##op##_ps
+#define FX_VEXP fx_expf_v16
+#else
+#define FX_VT __m512d
+#define FX_VOP(op) _mm512_##op##_pd
+#define FX_VEXP fx_exp_v8
+#endif
+#elif defined(__AVX2__) && defined(__FMA__)
+#define FX_HAVE_VEXP 1
+#define FX_V (32 / (int)sizeof(T))
+#if FX_F32
+#define FX_VT __m256
+#define FX_VOP(op) _mm256_##op##_ps
+#define FX_VEXP fx_expf_v8
+#else
+#define FX_VT __m256d
+#define FX_VOP(op) _mm256_##op##_pd
+#define FX_VEXP fx_exp_v4
+#endif
+#else
+#define FX_HAVE_VEXP 0
+#endif
+
+/* e[i] = exp(a[i] - b[i]) for i < n, every element through the same code (the vector exp where
+ * the level has one; a partial last vector is computed on a copy padded with zeros), so that
+ * a value does not depend on its position. */
+static inline __attribute__((always_inline)) void
+FX_S(exp_diff)(const T *a, const T *b, T *e, ptrdiff_t n)
+{
+#if FX_HAVE_VEXP
+    ptrdiff_t i = 0;
+    for (; i + FX_V <= n; i += FX_V)
+        FX_VOP(storeu)(e + i, FX_VEXP(FX_VOP(sub)(FX_VOP(loadu)(a + i), FX_VOP(loadu)(b + i))));
+    if (i < n) {
+        T pa[FX_V], pb[FX_V], pe[FX_V];
+        for (int j = 0; j < FX_V; j++) { pa[j] = 0; pb[j] = 0; }
+        memcpy(pa, a + i, (size_t)(n - i) * sizeof(T));
+        memcpy(pb, b + i, (size_t)(n - i) * sizeof(T));
+        FX_VOP(storeu)(pe, FX_VEXP(FX_VOP(sub)(FX_VOP(loadu)(pa), FX_VOP(loadu)(pb))));
+        memcpy(e + i, pe, (size_t)(n - i) * sizeof(T));
+    }
+#else
+    FX_SIMD
+    for (ptrdiff_t i = 0; i < n; i++) e[i] = FX_EXP(a[i] - b[i]);
+#endif
+}
+
 /* ------------------------------------------------------------------ blocked statistics */
 /* One FX_CHUNK of a block, max mn: its exps e = exp(x - mn) (stored into e with store), and per
  * lane the sum of the exps that are not a maximum's 1, the count of those, and (sq) the sum of
@@ -76,49 +130,34 @@ FX_S(chunk_sums)(const T *x, T *e, T mn, double *acc, double *cnt, double *acq, 
     }
 #endif
 #elif defined(__AVX2__) && defined(__FMA__)
-    /* the same in 256-bit vectors: FX_LANES / V vectors side by side, lane for lane */
-#if FX_F32
-#define FX_V 8
-#define FX_VT __m256
-#define FX_VD(a) _mm256_##a##_ps
-#define FX_VEXP fx_expf_v8
-#else
-#define FX_V 4
-#define FX_VT __m256d
-#define FX_VD(a) _mm256_##a##_pd
-#define FX_VEXP fx_exp_v4
-#endif
-    const FX_VT vm = FX_VD(set1)(mn), zero = FX_VD(setzero)(), one = FX_VD(set1)((T)1);
+    /* the same in 256-bit vectors: FX_LANES / FX_V vectors side by side, lane for lane */
+    const FX_VT vm = FX_VOP(set1)(mn), zero = FX_VOP(setzero)(), one = FX_VOP(set1)((T)1);
     FX_VT a[FX_LANES / FX_V], c[FX_LANES / FX_V], q2[FX_LANES / FX_V];
     for (int h = 0; h < FX_LANES / FX_V; h++) { a[h] = zero; c[h] = zero; q2[h] = zero; }
     for (int u = 0; u < FX_CHUNK / FX_LANES; u++) {
         for (int h = 0; h < FX_LANES / FX_V; h++) {
-            FX_VT d = FX_VD(sub)(FX_VD(loadu)(x + u * FX_LANES + FX_V * h), vm);
+            FX_VT d = FX_VOP(sub)(FX_VOP(loadu)(x + u * FX_LANES + FX_V * h), vm);
             FX_VT ev = FX_VEXP(d);
-            FX_VT top = FX_VD(cmp)(d, zero, _CMP_EQ_OQ);
-            if (store) FX_VD(storeu)(e + u * FX_LANES + FX_V * h, ev);
-            FX_VT ea = FX_VD(andnot)(top, ev);
-            a[h] = FX_VD(add)(a[h], ea);
-            c[h] = FX_VD(add)(c[h], FX_VD(and)(top, one));
-            if (sq) q2[h] = FX_VD(fmadd)(ea, ea, q2[h]);
+            FX_VT top = FX_VOP(cmp)(d, zero, _CMP_EQ_OQ);
+            if (store) FX_VOP(storeu)(e + u * FX_LANES + FX_V * h, ev);
+            FX_VT ea = FX_VOP(andnot)(top, ev);
+            a[h] = FX_VOP(add)(a[h], ea);
+            c[h] = FX_VOP(add)(c[h], FX_VOP(and)(top, one));
+            if (sq) q2[h] = FX_VOP(fmadd)(ea, ea, q2[h]);
         }
     }
     {
         T fa[FX_LANES], fc[FX_LANES], fq[FX_LANES];
         for (int h = 0; h < FX_LANES / FX_V; h++) {
-            FX_VD(storeu)(fa + FX_V * h, a[h]);
-            FX_VD(storeu)(fc + FX_V * h, c[h]);
-            FX_VD(storeu)(fq + FX_V * h, q2[h]);
+            FX_VOP(storeu)(fa + FX_V * h, a[h]);
+            FX_VOP(storeu)(fc + FX_V * h, c[h]);
+            FX_VOP(storeu)(fq + FX_V * h, q2[h]);
         }
         for (int j = 0; j < FX_LANES; j++) {
             acc[j] += (double)fa[j]; cnt[j] += (double)fc[j];
             if (sq) acq[j] += (double)fq[j];
         }
     }
-#undef FX_V
-#undef FX_VT
-#undef FX_VD
-#undef FX_VEXP
 #else
     T fa[FX_LANES], fc[FX_LANES], fq[FX_LANES];
     ptrdiff_t j;
@@ -428,10 +467,12 @@ FX_S(short_stats_impl)(const T *x, ptrdiff_t rs, ptrdiff_t R, ptrdiff_t C, const
     }
     for (ptrdiff_t c = 0; c < C; c++) {
         const T *tc = tr + c * FX_SHORT_R;
+        T ec[FX_SHORT_R];
+        FX_S(exp_diff)(tc, m, ec, R);
         FX_SIMD
         for (ptrdiff_t r = 0; r < R; r++) {
             T d = tc[r] - m[r];
-            T e = FX_EXP(d);
+            T e = ec[r];
             t[r] += d == 0 ? (T)0 : e;
             cnt[r] += d == 0 ? (T)1 : (T)0;
             if (sq) {
@@ -588,3 +629,8 @@ static inline void FX_S(row_shift)(const T *x, T *y, ptrdiff_t n, T m, T ls)
 }
 
 #undef T
+#undef FX_HAVE_VEXP
+#undef FX_V
+#undef FX_VT
+#undef FX_VOP
+#undef FX_VEXP
