@@ -278,14 +278,14 @@ def test_score_files_reads_every_format_like_the_local_engine(tmp_path):
         assert _summary_dict(got) == want, name
 
 
-def test_default_blocks_hold_at_least_64_mib(tmp_path):
+def test_default_blocks_hold_at_least_128_mib(tmp_path):
     a = np.lib.format.open_memmap(tmp_path / "big.npy", mode="w+", dtype=np.float32,
-                                  shape=(60_000, 1000))              # a sparse 240 MB file
+                                  shape=(120_000, 1000))             # a sparse 480 MB file
     del a
     arr = fxd.from_npy(tmp_path / "big.npy")
     rows = arr.chunks[0]
-    assert rows[0] * 1000 * 4 >= fxd.BLOCK_BYTES == 64 * 2**20
-    assert len(rows) == 4 and sum(rows) == 60_000
+    assert rows[0] * 1000 * 4 >= fxd.BLOCK_BYTES == 128 * 2**20
+    assert len(rows) == 4 and sum(rows) == 120_000
 
 
 def test_cluster_summary_equals_local_exactly(cluster, client, tmp_path):
