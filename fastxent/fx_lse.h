@@ -521,18 +521,6 @@ static inline void FX_S(short_stats_score)(const T *x, ptrdiff_t rs, ptrdiff_t R
  * The gradient (or softmax) of a row from its statistics.  Every writer may write over x
  * (in-place gradient) unless it says otherwise. */
 
-/* g = a * exp(x - m) - c * w   (w NULL: g = a * exp(x - m) - c) */
-static inline void FX_S(row_grad)(const T *x, T *g, ptrdiff_t n, T m, T a, T c, const double *w)
-{
-    if (w == NULL) {
-        FX_SIMD
-        for (ptrdiff_t i = 0; i < n; i++) g[i] = a * FX_EXP(x[i] - m) - c;
-    } else {
-        FX_SIMD
-        for (ptrdiff_t i = 0; i < n; i++) g[i] = a * FX_EXP(x[i] - m) - c * (T)w[i];
-    }
-}
-
 /* The gradient from stored exps: g = a * exp(bm_b - m) * e - c * w over the FX_BLOCK blocks
  * of e (e = exp(x - bm_b), as seg_stats / row_stats store them; g may be e itself). */
 static inline void FX_S(row_grad_e)(const T *e, const T *bm, T *g, ptrdiff_t n, T m, double a,
@@ -592,19 +580,6 @@ static inline void FX_S(row_grad_e_stream)(const T *e, const T *bm, T *g, ptrdif
             fx_stream_copy(g + i, buf, FX_CHUNK * (ptrdiff_t)sizeof(T));
         else
             memcpy(g + i, buf, (size_t)cl * sizeof(T));
-    }
-}
-
-/* soft-target gradient: g = a * exp(x - m) - w * (b * p + c) */
-static inline void FX_S(row_grad_soft)(const T *x, const T *p, T *g, ptrdiff_t n, T m, T a, T b,
-                                       T c, const double *w)
-{
-    if (w == NULL) {
-        FX_SIMD
-        for (ptrdiff_t i = 0; i < n; i++) g[i] = a * FX_EXP(x[i] - m) - (b * p[i] + c);
-    } else {
-        FX_SIMD
-        for (ptrdiff_t i = 0; i < n; i++) g[i] = a * FX_EXP(x[i] - m) - (T)w[i] * (b * p[i] + c);
     }
 }
 
