@@ -454,7 +454,7 @@ cdef double _bin_tile(const BinArgs *A, Py_ssize_t lo, Py_ssize_t hi, int *bad,
     cdef Py_ssize_t pos = lo, r = lo // A.K, k = lo - (lo // A.K) * A.K, n, c0, m, j, kk
     cdef double acc = 0.0
     cdef floating ls = <floating>A.lscale, gs = <floating>A.gscale
-    if A.w.base == NULL:
+    if A.w.base == NULL or A.pw.base == NULL:      # the weight or pos_weight of none
         for j in range(CHUNK):
             ones[j] = 1
     while pos < hi:
@@ -466,7 +466,7 @@ cdef double _bin_tile(const BinArgs *A, Py_ssize_t lo, Py_ssize_t hi, int *bad,
             xp = _chunk(&A.x, r, kk, m, xb)
             yp = _chunk(&A.y, r, kk, m, yb)
             wp = _chunk(&A.w, r, kk, m, wb) if A.w.base != NULL else ones
-            pwp = _chunk(&A.pw, r, kk, m, pwb) if A.pw.base != NULL else NULL
+            pwp = _chunk(&A.pw, r, kk, m, pwb) if A.pw.base != NULL else ones
             lp = (<floating *>A.loss_out) + pos + c0 if A.loss_out != NULL else lb
             if A.op == FX_BIN_PROBS:
                 if floating is float:

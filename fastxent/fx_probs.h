@@ -171,7 +171,9 @@ static inline void FX_S(kl_terms)(const T *p, const T *q, ptrdiff_t n, int mode,
  * On logits, the stable form  l = w * ((1 - y) sp(x) + pw y sp(-x)),  sp(x) = log(1 + e^x)
  *   = max(x, 0) + log1p(e^-|x|) (one exp and one log1p_unit per element, no overflow; a term
  *   whose coefficient is 0 is 0, so infinite logits give the loss's limit);
- *   grad = f * ((1 - y) sigmoid(x) - pw y sigmoid(-x)).  pw == NULL: pos_weight 1.
+ *   grad = f * ((1 - y) sigmoid(x) - pw y sigmoid(-x)).  pw: pos_weight per element, never
+ *   NULL (ones for none: a pointer test inside the loop becomes a masked load, which real CPUs
+ *   never fault on but some emulators do).
  * The loss of each element, times ls, is stored in loss[i]; the sum (unscaled) is returned.
  * f is the gradient factor (weight * grad_output); g may alias p / x. */
 FX_AI int FX_S(bce_block)(const T *p, const T *y, const T *w, ptrdiff_t n, T ls, T *loss,
@@ -238,7 +240,7 @@ static inline double FX_S(bcel)(const T *x, const T *y, const T *w, const T *pw,
     for (ptrdiff_t i = 0; i < n; i++) {
         T yi = y[i], spp, spn;
         FX_S(softplus2)(x[i], &spp, &spn);
-        T a = 1 - yi, c = pw != NULL ? pw[i] * yi : yi;
+        T a = 1 - yi, c = pw[i] * yi;
         T l = w[i] * ((a == 0 ? (T)0 : a * spp) + (c == 0 ? (T)0 : c * spn));
         loss[i] = l * ls;
         acc += (double)l;
@@ -255,7 +257,7 @@ static inline void FX_S(bcel_grad)(const T *x, const T *y, const T *f, const T *
         T ax = xi < 0 ? -xi : xi;
         T e = FX_EXP(-ax), s = 1 / (1 + e);
         T sp = xi >= 0 ? s : e * s, sn = xi >= 0 ? e * s : s;
-        T c = pw != NULL ? pw[i] * yi : yi;
+        T c = pw[i] * yi;
         g[i] = gs * f[i] * ((1 - yi) * sp - c * sn);
     }
 }
