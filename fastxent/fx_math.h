@@ -17,16 +17,34 @@
 
 #include "fx_common.h"
 
+/* ------------------------------------------------------------------ exp constants
+ * Named once: the scalar forms and the vector forms below (fx_expf_v16 / _v8, fx_exp_v8 / _v4)
+ * share them, so that every level computes the same exps. */
+#define FX_EXPF_MAGIC 12582912.0f               /* 1.5 * 2^23: rint by addition */
+#define FX_EXPF_LOG2E 1.44269504088896341f
+#define FX_EXPF_LN2_HI 0.693359375f             /* 9 bits: n * hi exact */
+#define FX_EXPF_LN2_LO -2.12194440e-4f
+#define FX_EXPF_C5 0.008314719217348604f        /* e^r - 1 = r + r^2 (c2 + c3 r + c4 r^2 + c5 r^3) */
+#define FX_EXPF_C4 0.0418902082477686f
+#define FX_EXPF_C3 0.16667089630971113f
+#define FX_EXPF_C2 0.49999232232514346f
+#define FX_EXPF_MIN -87.3365447f                /* log(FLT_MIN): below, flush to 0 */
+#define FX_EXP_MAGIC 6755399441055744.0         /* 1.5 * 2^52 */
+#define FX_EXP_LOG2E 1.4426950408889634074
+#define FX_EXP_LN2_HI 0.693147180369123816490   /* trailing zero bits: n * hi exact */
+#define FX_EXP_LN2_LO 1.90821492927058770002e-10
+#define FX_EXP_MIN -708.39641853226408          /* log(DBL_MIN): below, flush to 0 */
+
 /* ------------------------------------------------------------------ exp, float32
  * Range reduction shared by exp and expm1: x = n*ln2 + r, |r| <= ln2/2; the scale 2^n from the
  * bits of t (a float holding n + 1.5 * 2^23). */
 FX_MATH float fx_expf_reduce(float xc, float *scale)
 {
-    const float magic = 12582912.0f;            /* 1.5 * 2^23: rint by addition */
-    float t = xc * 1.44269504088896341f + magic;
+    const float magic = FX_EXPF_MAGIC;
+    float t = xc * FX_EXPF_LOG2E + magic;
     float n = t - magic;
-    float r = xc - n * 0.693359375f;            /* ln2 hi: 9 bits, n*hi exact */
-    r = r - n * -2.12194440e-4f;                /* ln2 lo */
+    float r = xc - n * FX_EXPF_LN2_HI;
+    r = r - n * FX_EXPF_LN2_LO;
     int32_t ti;
     memcpy(&ti, &t, 4);
     uint32_t sb = ((uint32_t)(ti - 0x4B400000 + 127)) << 23;   /* bits(magic): n + bias */
@@ -58,23 +76,23 @@ FX_MATH float fx_expf(float x)
     float xc = x < -104.0f ? -104.0f : x;       /* NaN compares false: stays NaN */
     float scale;
     float r = fx_expf_reduce(xc, &scale);
-    float p = 0.008314719217348604f;
-    p = p * r + 0.0418902082477686f;
-    p = p * r + 0.16667089630971113f;
-    p = p * r + 0.49999232232514346f;
+    float p = FX_EXPF_C5;
+    p = p * r + FX_EXPF_C4;
+    p = p * r + FX_EXPF_C3;
+    p = p * r + FX_EXPF_C2;
     float q = (r * r) * p + r;                  /* e^r - 1 */
     float y = scale * q + scale;                /* the operations of fx_expf_v16 / _v8 */
-    return xc < -87.3365447f ? 0.0f : y;        /* below FLT_MIN: flush to 0 */
+    return xc < FX_EXPF_MIN ? 0.0f : y;
 }
 
 /* ------------------------------------------------------------------ exp, float64 */
 FX_MATH double fx_expm1_core(double xc, double *scale)
 {
-    const double magic = 6755399441055744.0;    /* 1.5 * 2^52 */
-    double t = xc * 1.4426950408889634074 + magic;
+    const double magic = FX_EXP_MAGIC;
+    double t = xc * FX_EXP_LOG2E + magic;
     double n = t - magic;
-    double r = xc - n * 0.693147180369123816490;   /* ln2 hi (trailing zero bits) */
-    r = r - n * 1.90821492927058770002e-10;         /* ln2 lo */
+    double r = xc - n * FX_EXP_LN2_HI;
+    r = r - n * FX_EXP_LN2_LO;
     /* (e^r - 1) / r as a degree-10 polynomial interpolating at the Chebyshev nodes of
      * [-ln2/2, ln2/2] (near-minimax: 2e-17 relative, against 4e-15 for Taylor's degree 10) */
     double p = 2.5105419192016337e-08;
@@ -101,11 +119,11 @@ FX_MATH double fx_exp(double x)
     double scale;
     double q = fx_expm1_core(xc, &scale);
     double y = (q + 1.0) * scale;
-    return xc < -708.39641853226408 ? 0.0 : y;  /* below DBL_MIN: flush to 0 */
+    return xc < FX_EXP_MIN ? 0.0 : y;
 }
 
 
-/* ------------------------------------------------------------------ exp, 512-bit vectors
+/* ------------------------------------------------------------------ exp, whole vectors (AVX-512, AVX2)
  * The AVX-512 and AVX2 levels' hot loops (fx_lse.h chunk_sums) take exp a whole vector at a
  * time with these, written with intrinsics because the compiler's vectorization of the
  * scalar forms above spends a third more instructions (a clamp, a blend and a select where
@@ -120,83 +138,17 @@ FX_MATH double fx_exp(double x)
  *           j << 48, so adding k << 48 = (16 n + j) << 48 puts n in the exponent).
  * Measured against exp in a wider type: float, every float in [-87.3, 0]: 2.3 ulp at most;
  * double, 2^24 points of [-708.4, 0]: 1.2 ulp at most. */
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+/* e^r - 1 = r + r^2 (c2 + ... + c6 r^4) on [-ln2/32, ln2/32] (the double forms' polynomial) */
+#define FX_EXP16_C6 0.0013889034348599464
+#define FX_EXP16_C5 0.008333449701253456
+#define FX_EXP16_C4 0.04166666666496045
+#define FX_EXP16_C3 0.1666666666530169
+#define FX_EXP16_C2 0.5
+
 /* bits of 2^(j/16), correctly rounded, minus j << 48 */
 #define FX_EXP2_16(j, bits) ((long long)(bits##ULL - ((unsigned long long)(j) << 48)))
-
-#if defined(__AVX512F__)
-FX_MATH __m512 fx_expf_v16(__m512 x)
-{
-    const __m512 magic = _mm512_set1_ps(12582912.0f);
-    __m512 t = _mm512_fmadd_ps(x, _mm512_set1_ps(1.44269504088896341f), magic);
-    __m512 n = _mm512_sub_ps(t, magic);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    /* bits(t) << 23 = n << 23 (the bits of magic shift out); + bits(1.0f) */
-    __m512 s = _mm512_castsi512_ps(_mm512_add_epi32(
-        _mm512_slli_epi32(_mm512_castps_si512(t), 23), _mm512_set1_epi32(0x3F800000)));
-    __m512 p = _mm512_set1_ps(0.008314719217348604f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.0418902082477686f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.16667089630971113f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.49999232232514346f));
-    __m512 q = _mm512_fmadd_ps(_mm512_mul_ps(r, r), p, r);
-    __mmask16 ok = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.3365447f), _CMP_NLT_UQ);
-    return _mm512_maskz_fmadd_ps(ok, s, q, s);
-}
-
-
-FX_MATH __m512d fx_exp_v8(__m512d x)
-{
-    const __m512i lo = _mm512_set_epi64(
-        FX_EXP2_16(7, 0x3ff5ab07dd485429), FX_EXP2_16(6, 0x3ff4bfdad5362a27),
-        FX_EXP2_16(5, 0x3ff3dea64c123422), FX_EXP2_16(4, 0x3ff306fe0a31b715),
-        FX_EXP2_16(3, 0x3ff2387a6e756238), FX_EXP2_16(2, 0x3ff172b83c7d517b),
-        FX_EXP2_16(1, 0x3ff0b5586cf9890f), FX_EXP2_16(0, 0x3ff0000000000000));
-    const __m512i hi = _mm512_set_epi64(
-        FX_EXP2_16(15, 0x3ffea4afa2a490da), FX_EXP2_16(14, 0x3ffd5818dcfba487),
-        FX_EXP2_16(13, 0x3ffc199bdd85529c), FX_EXP2_16(12, 0x3ffae89f995ad3ad),
-        FX_EXP2_16(11, 0x3ff9c49182a3f090), FX_EXP2_16(10, 0x3ff8ace5422aa0db),
-        FX_EXP2_16(9, 0x3ff7a11473eb0187), FX_EXP2_16(8, 0x3ff6a09e667f3bcd));
-    const __m512d magic = _mm512_set1_pd(6755399441055744.0);     /* 1.5 * 2^52 */
-    __m512d t = _mm512_fmadd_pd(x, _mm512_set1_pd(16.0 * 1.4426950408889634074), magic);
-    __m512d k = _mm512_sub_pd(t, magic);
-    /* ln2 / 16 in two parts (the ln2 hi / lo of fx_exp over 16: k * hi exact) */
-    __m512d r = _mm512_fnmadd_pd(k, _mm512_set1_pd(0.693147180369123816490 / 16), x);
-    r = _mm512_fnmadd_pd(k, _mm512_set1_pd(1.90821492927058770002e-10 / 16), r);
-    __m512i ti = _mm512_castpd_si512(t);
-    __m512i tb = _mm512_permutex2var_epi64(lo, ti, hi);           /* index: the low 4 bits */
-    __m512d s = _mm512_castsi512_pd(_mm512_add_epi64(tb, _mm512_slli_epi64(ti, 48)));
-    __m512d p = _mm512_set1_pd(0.0013889034348599464);
-    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(0.008333449701253456));
-    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(0.04166666666496045));
-    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(0.1666666666530169));
-    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(0.5));
-    __m512d q = _mm512_fmadd_pd(_mm512_mul_pd(r, r), p, r);
-    __mmask8 ok = _mm512_cmp_pd_mask(x, _mm512_set1_pd(-708.39641853226408), _CMP_NLT_UQ);
-    return _mm512_maskz_fmadd_pd(ok, s, q, s);
-}
-
-#elif defined(__AVX2__) && defined(__FMA__)
-/* The AVX2 level's forms: the same operations as the 512-bit ones (so that both levels give the
- * same exps), with the table read by a gather and the flush by an and with the compare. */
-FX_MATH __m256 fx_expf_v8(__m256 x)
-{
-    const __m256 magic = _mm256_set1_ps(12582912.0f);
-    __m256 t = _mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), magic);
-    __m256 n = _mm256_sub_ps(t, magic);
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 s = _mm256_castsi256_ps(_mm256_add_epi32(
-        _mm256_slli_epi32(_mm256_castps_si256(t), 23), _mm256_set1_epi32(0x3F800000)));
-    __m256 p = _mm256_set1_ps(0.008314719217348604f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.0418902082477686f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.16667089630971113f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.49999232232514346f));
-    __m256 q = _mm256_fmadd_ps(_mm256_mul_ps(r, r), p, r);
-    __m256 ok = _mm256_cmp_ps(x, _mm256_set1_ps(-87.3365447f), _CMP_NLT_UQ);
-    return _mm256_and_ps(ok, _mm256_fmadd_ps(s, q, s));
-}
-
-static const long long fx_exp2_16_table[16] = {
+static const long long fx_exp2_16_table[16] __attribute__((aligned(64))) = {
     FX_EXP2_16(0, 0x3ff0000000000000), FX_EXP2_16(1, 0x3ff0b5586cf9890f),
     FX_EXP2_16(2, 0x3ff172b83c7d517b), FX_EXP2_16(3, 0x3ff2387a6e756238),
     FX_EXP2_16(4, 0x3ff306fe0a31b715), FX_EXP2_16(5, 0x3ff3dea64c123422),
@@ -205,29 +157,96 @@ static const long long fx_exp2_16_table[16] = {
     FX_EXP2_16(10, 0x3ff8ace5422aa0db), FX_EXP2_16(11, 0x3ff9c49182a3f090),
     FX_EXP2_16(12, 0x3ffae89f995ad3ad), FX_EXP2_16(13, 0x3ffc199bdd85529c),
     FX_EXP2_16(14, 0x3ffd5818dcfba487), FX_EXP2_16(15, 0x3ffea4afa2a490da)};
+#undef FX_EXP2_16
+#endif
+
+#if defined(__AVX512F__)
+FX_MATH __m512 fx_expf_v16(__m512 x)
+{
+    const __m512 magic = _mm512_set1_ps(FX_EXPF_MAGIC);
+    __m512 t = _mm512_fmadd_ps(x, _mm512_set1_ps(FX_EXPF_LOG2E), magic);
+    __m512 n = _mm512_sub_ps(t, magic);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(FX_EXPF_LN2_HI), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(FX_EXPF_LN2_LO), r);
+    /* bits(t) << 23 = n << 23 (the bits of magic shift out); + bits(1.0f) */
+    __m512 s = _mm512_castsi512_ps(_mm512_add_epi32(
+        _mm512_slli_epi32(_mm512_castps_si512(t), 23), _mm512_set1_epi32(0x3F800000)));
+    __m512 p = _mm512_set1_ps(FX_EXPF_C5);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(FX_EXPF_C4));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(FX_EXPF_C3));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(FX_EXPF_C2));
+    __m512 q = _mm512_fmadd_ps(_mm512_mul_ps(r, r), p, r);
+    __mmask16 ok = _mm512_cmp_ps_mask(x, _mm512_set1_ps(FX_EXPF_MIN), _CMP_NLT_UQ);
+    return _mm512_maskz_fmadd_ps(ok, s, q, s);
+}
+
+
+FX_MATH __m512d fx_exp_v8(__m512d x)
+{
+    const __m512i lo = _mm512_load_si512(fx_exp2_16_table);       /* entries 0-7 */
+    const __m512i hi = _mm512_load_si512(fx_exp2_16_table + 8);   /* entries 8-15 */
+    const __m512d magic = _mm512_set1_pd(FX_EXP_MAGIC);
+    __m512d t = _mm512_fmadd_pd(x, _mm512_set1_pd(16.0 * FX_EXP_LOG2E), magic);
+    __m512d k = _mm512_sub_pd(t, magic);
+    /* ln2 / 16 in two parts (the ln2 hi / lo of fx_exp over 16: k * hi exact) */
+    __m512d r = _mm512_fnmadd_pd(k, _mm512_set1_pd(FX_EXP_LN2_HI / 16), x);
+    r = _mm512_fnmadd_pd(k, _mm512_set1_pd(FX_EXP_LN2_LO / 16), r);
+    __m512i ti = _mm512_castpd_si512(t);
+    __m512i tb = _mm512_permutex2var_epi64(lo, ti, hi);           /* index: the low 4 bits */
+    __m512d s = _mm512_castsi512_pd(_mm512_add_epi64(tb, _mm512_slli_epi64(ti, 48)));
+    __m512d p = _mm512_set1_pd(FX_EXP16_C6);
+    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(FX_EXP16_C5));
+    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(FX_EXP16_C4));
+    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(FX_EXP16_C3));
+    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(FX_EXP16_C2));
+    __m512d q = _mm512_fmadd_pd(_mm512_mul_pd(r, r), p, r);
+    __mmask8 ok = _mm512_cmp_pd_mask(x, _mm512_set1_pd(FX_EXP_MIN), _CMP_NLT_UQ);
+    return _mm512_maskz_fmadd_pd(ok, s, q, s);
+}
+
+#elif defined(__AVX2__) && defined(__FMA__)
+/* The AVX2 level's forms: the same operations as the 512-bit ones (so that both levels give the
+ * same exps), with the table read by a gather and the flush by an and with the compare. */
+FX_MATH __m256 fx_expf_v8(__m256 x)
+{
+    const __m256 magic = _mm256_set1_ps(FX_EXPF_MAGIC);
+    __m256 t = _mm256_fmadd_ps(x, _mm256_set1_ps(FX_EXPF_LOG2E), magic);
+    __m256 n = _mm256_sub_ps(t, magic);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(FX_EXPF_LN2_HI), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(FX_EXPF_LN2_LO), r);
+    __m256 s = _mm256_castsi256_ps(_mm256_add_epi32(
+        _mm256_slli_epi32(_mm256_castps_si256(t), 23), _mm256_set1_epi32(0x3F800000)));
+    __m256 p = _mm256_set1_ps(FX_EXPF_C5);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(FX_EXPF_C4));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(FX_EXPF_C3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(FX_EXPF_C2));
+    __m256 q = _mm256_fmadd_ps(_mm256_mul_ps(r, r), p, r);
+    __m256 ok = _mm256_cmp_ps(x, _mm256_set1_ps(FX_EXPF_MIN), _CMP_NLT_UQ);
+    return _mm256_and_ps(ok, _mm256_fmadd_ps(s, q, s));
+}
+
 
 FX_MATH __m256d fx_exp_v4(__m256d x)
 {
-    const __m256d magic = _mm256_set1_pd(6755399441055744.0);
-    __m256d t = _mm256_fmadd_pd(x, _mm256_set1_pd(16.0 * 1.4426950408889634074), magic);
+    const __m256d magic = _mm256_set1_pd(FX_EXP_MAGIC);
+    __m256d t = _mm256_fmadd_pd(x, _mm256_set1_pd(16.0 * FX_EXP_LOG2E), magic);
     __m256d k = _mm256_sub_pd(t, magic);
-    __m256d r = _mm256_fnmadd_pd(k, _mm256_set1_pd(0.693147180369123816490 / 16), x);
-    r = _mm256_fnmadd_pd(k, _mm256_set1_pd(1.90821492927058770002e-10 / 16), r);
+    __m256d r = _mm256_fnmadd_pd(k, _mm256_set1_pd(FX_EXP_LN2_HI / 16), x);
+    r = _mm256_fnmadd_pd(k, _mm256_set1_pd(FX_EXP_LN2_LO / 16), r);
     __m256i ti = _mm256_castpd_si256(t);
     __m256i tb = _mm256_i64gather_epi64(fx_exp2_16_table,
                                         _mm256_and_si256(ti, _mm256_set1_epi64x(15)), 8);
     __m256d s = _mm256_castsi256_pd(_mm256_add_epi64(tb, _mm256_slli_epi64(ti, 48)));
-    __m256d p = _mm256_set1_pd(0.0013889034348599464);
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0.008333449701253456));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0.04166666666496045));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0.1666666666530169));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0.5));
+    __m256d p = _mm256_set1_pd(FX_EXP16_C6);
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(FX_EXP16_C5));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(FX_EXP16_C4));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(FX_EXP16_C3));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(FX_EXP16_C2));
     __m256d q = _mm256_fmadd_pd(_mm256_mul_pd(r, r), p, r);
-    __m256d ok = _mm256_cmp_pd(x, _mm256_set1_pd(-708.39641853226408), _CMP_NLT_UQ);
+    __m256d ok = _mm256_cmp_pd(x, _mm256_set1_pd(FX_EXP_MIN), _CMP_NLT_UQ);
     return _mm256_and_pd(ok, _mm256_fmadd_pd(s, q, s));
 }
 #endif
-#undef FX_EXP2_16
 
 
 /* ------------------------------------------------------------------ log, for s >= 1
