@@ -213,6 +213,9 @@ def _levels(cc, base_flags):
 
 def _common_flags(cc):
     compile_args = ["-O3", "-g0", "-fno-math-errno", "-fno-trapping-math", "-ffp-contract=fast"]
+    if cc.accepts(["-Werror=implicit-function-declaration"]):
+        # a misspelt intrinsic must stop the build, not leave an undefined symbol for import
+        compile_args.append("-Werror=implicit-function-declaration")
     link_args = []
     openmp = not _env_flag("FASTXENT_NO_OPENMP") and cc.accepts(["-fopenmp"], OPENMP_PROBE, ["-fopenmp"])
     if openmp:
