@@ -23,16 +23,21 @@
 #define T FX_T
 
 /* The vector exp of this level (fx_math.h), if it has one: FX_V elements of T per vector of
- * type FX_VT, FX_VOP(op) the intrinsic _mm<width>_<op>_<ps|pd>, FX_VEXP the exp. */
+ * type FX_VT, FX_VOP(op) the intrinsic _mm<width>_<op>_<ps|pd>, FX_VEXP the exp; AVX-512
+ * compares into masks of type FX_VMASK with FX_VCMP_MASK. */
 #if defined(__AVX512F__)
 #define FX_HAVE_VEXP 1
 #define FX_V (64 / (int)sizeof(T))
 #if FX_F32
 #define FX_VT __m512
+#define FX_VMASK __mmask16
+#define FX_VCMP_MASK _mm512_cmp_ps_mask
 #define FX_VOP(op) _mm512_##op##_ps
 #define FX_VEXP fx_expf_v16
 #else
 #define FX_VT __m512d
+#define FX_VMASK __mmask8
+#define FX_VCMP_MASK _mm512_cmp_pd_mask
 #define FX_VOP(op) _mm512_##op##_pd
 #define FX_VEXP fx_exp_v8
 #endif
@@ -85,52 +90,10 @@ static inline __attribute__((always_inline)) void
 FX_S(chunk_sums)(const T *x, T *e, T mn, double *acc, double *cnt, double *acq, const int store,
                  const int sq)
 {
-#if defined(__AVX512F__)
-    /* the same sums lane for lane, in 512-bit vectors with fx_math.h's vector exp */
-#if FX_F32
-    const __m512 vm = _mm512_set1_ps(mn), zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.0f);
-    __m512 a = zero, c = zero, q2 = zero;
-    for (int u = 0; u < FX_CHUNK / FX_LANES; u++) {
-        __m512 d = _mm512_sub_ps(_mm512_loadu_ps(x + u * FX_LANES), vm);
-        __m512 ev = fx_expf_v16(d);
-        __mmask16 top = _mm512_cmp_ps_mask(d, zero, _CMP_EQ_OQ);
-        if (store) _mm512_storeu_ps(e + u * FX_LANES, ev);
-        a = _mm512_mask_add_ps(a, (__mmask16)~top, a, ev);
-        c = _mm512_mask_add_ps(c, top, c, one);
-        if (sq) q2 = _mm512_mask3_fmadd_ps(ev, ev, q2, (__mmask16)~top);
-    }
-#define FX_WIDEN_ADD(dst, v) do { \
-        _mm512_storeu_pd((dst), _mm512_add_pd(_mm512_loadu_pd(dst), \
-                         _mm512_cvtps_pd(_mm512_castps512_ps256(v)))); \
-        _mm512_storeu_pd((dst) + 8, _mm512_add_pd(_mm512_loadu_pd((dst) + 8), \
-                         _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd( \
-                             _mm512_castps_pd(v), 1))))); } while (0)
-    FX_WIDEN_ADD(acc, a);
-    FX_WIDEN_ADD(cnt, c);
-    if (sq) FX_WIDEN_ADD(acq, q2);
-#undef FX_WIDEN_ADD
-#else
-    const __m512d vm = _mm512_set1_pd(mn), zero = _mm512_setzero_pd(), one = _mm512_set1_pd(1.0);
-    __m512d a[2] = {zero, zero}, c[2] = {zero, zero}, q2[2] = {zero, zero};
-    for (int u = 0; u < FX_CHUNK / FX_LANES; u++) {
-        for (int h = 0; h < 2; h++) {
-            __m512d d = _mm512_sub_pd(_mm512_loadu_pd(x + u * FX_LANES + 8 * h), vm);
-            __m512d ev = fx_exp_v8(d);
-            __mmask8 top = _mm512_cmp_pd_mask(d, zero, _CMP_EQ_OQ);
-            if (store) _mm512_storeu_pd(e + u * FX_LANES + 8 * h, ev);
-            a[h] = _mm512_mask_add_pd(a[h], (__mmask8)~top, a[h], ev);
-            c[h] = _mm512_mask_add_pd(c[h], top, c[h], one);
-            if (sq) q2[h] = _mm512_mask3_fmadd_pd(ev, ev, q2[h], (__mmask8)~top);
-        }
-    }
-    for (int h = 0; h < 2; h++) {
-        _mm512_storeu_pd(acc + 8 * h, _mm512_add_pd(_mm512_loadu_pd(acc + 8 * h), a[h]));
-        _mm512_storeu_pd(cnt + 8 * h, _mm512_add_pd(_mm512_loadu_pd(cnt + 8 * h), c[h]));
-        if (sq) _mm512_storeu_pd(acq + 8 * h, _mm512_add_pd(_mm512_loadu_pd(acq + 8 * h), q2[h]));
-    }
-#endif
-#elif defined(__AVX2__) && defined(__FMA__)
-    /* the same in 256-bit vectors: FX_LANES / FX_V vectors side by side, lane for lane */
+    T fa[FX_LANES], fc[FX_LANES], fq[FX_LANES];
+    ptrdiff_t j;
+#if FX_HAVE_VEXP
+    /* the same sums lane for lane: FX_LANES / FX_V vectors side by side, fx_math.h's vector exp */
     const FX_VT vm = FX_VOP(set1)(mn), zero = FX_VOP(setzero)(), one = FX_VOP(set1)((T)1);
     FX_VT a[FX_LANES / FX_V], c[FX_LANES / FX_V], q2[FX_LANES / FX_V];
     for (int h = 0; h < FX_LANES / FX_V; h++) { a[h] = zero; c[h] = zero; q2[h] = zero; }
@@ -138,29 +101,26 @@ FX_S(chunk_sums)(const T *x, T *e, T mn, double *acc, double *cnt, double *acq, 
         for (int h = 0; h < FX_LANES / FX_V; h++) {
             FX_VT d = FX_VOP(sub)(FX_VOP(loadu)(x + u * FX_LANES + FX_V * h), vm);
             FX_VT ev = FX_VEXP(d);
-            FX_VT top = FX_VOP(cmp)(d, zero, _CMP_EQ_OQ);
             if (store) FX_VOP(storeu)(e + u * FX_LANES + FX_V * h, ev);
-            FX_VT ea = FX_VOP(andnot)(top, ev);
+#if defined(__AVX512F__)
+            FX_VMASK top = FX_VCMP_MASK(d, zero, _CMP_EQ_OQ), rest = (FX_VMASK)~top;
+            a[h] = FX_VOP(mask_add)(a[h], rest, a[h], ev);
+            c[h] = FX_VOP(mask_add)(c[h], top, c[h], one);
+            if (sq) q2[h] = FX_VOP(mask3_fmadd)(ev, ev, q2[h], rest);
+#else
+            FX_VT top = FX_VOP(cmp)(d, zero, _CMP_EQ_OQ), ea = FX_VOP(andnot)(top, ev);
             a[h] = FX_VOP(add)(a[h], ea);
             c[h] = FX_VOP(add)(c[h], FX_VOP(and)(top, one));
             if (sq) q2[h] = FX_VOP(fmadd)(ea, ea, q2[h]);
+#endif
         }
     }
-    {
-        T fa[FX_LANES], fc[FX_LANES], fq[FX_LANES];
-        for (int h = 0; h < FX_LANES / FX_V; h++) {
-            FX_VOP(storeu)(fa + FX_V * h, a[h]);
-            FX_VOP(storeu)(fc + FX_V * h, c[h]);
-            FX_VOP(storeu)(fq + FX_V * h, q2[h]);
-        }
-        for (int j = 0; j < FX_LANES; j++) {
-            acc[j] += (double)fa[j]; cnt[j] += (double)fc[j];
-            if (sq) acq[j] += (double)fq[j];
-        }
+    for (int h = 0; h < FX_LANES / FX_V; h++) {
+        FX_VOP(storeu)(fa + FX_V * h, a[h]);
+        FX_VOP(storeu)(fc + FX_V * h, c[h]);
+        FX_VOP(storeu)(fq + FX_V * h, q2[h]);
     }
 #else
-    T fa[FX_LANES], fc[FX_LANES], fq[FX_LANES];
-    ptrdiff_t j;
     FX_SIMD
     for (j = 0; j < FX_LANES; j++) {
         T a_ = 0, c_ = 0, q_ = 0;
@@ -176,12 +136,12 @@ FX_S(chunk_sums)(const T *x, T *e, T mn, double *acc, double *cnt, double *acq, 
         fc[j] = c_;
         fq[j] = q_;
     }
+#endif
     FX_SIMD
     for (j = 0; j < FX_LANES; j++) {
         acc[j] += (double)fa[j]; cnt[j] += (double)fc[j];
         if (sq) acq[j] += (double)fq[j];
     }
-#endif
 }
 
 static inline __attribute__((always_inline)) int
@@ -607,5 +567,7 @@ static inline void FX_S(row_shift)(const T *x, T *y, ptrdiff_t n, T m, T ls)
 #undef FX_HAVE_VEXP
 #undef FX_V
 #undef FX_VT
+#undef FX_VMASK
+#undef FX_VCMP_MASK
 #undef FX_VOP
 #undef FX_VEXP
